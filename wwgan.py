@@ -94,6 +94,9 @@ class TrainConfig:
     snapshot_every: int = 0            # keep a generator snapshot every N (for FID curves)
     nan_policy: str = "stop"           # "stop" | "skip"
     max_images: int = 0                # use at most this many training images (0: all)
+    # (config: data fields)
+
+    # (config: performance fields)
 
     def __post_init__(self):
         checks = [
@@ -690,13 +693,73 @@ def _check_step(config: TrainConfig, state: TrainState, terms: dict, ckpt_path: 
 # ----------------------------------------------------------------------------------------
 # evaluation
 # ----------------------------------------------------------------------------------------
-# (evaluation)
+# Each experiment writes raw results (CSV/JSON); figures are rendered from those files.
+
+
+def load_run(run_dir: str | Path, device="cpu") -> tuple[TrainConfig, Generator, Critic]:
+    """Generator (eval mode) and critic of a finished or interrupted run directory."""
+    path = Path(run_dir) / "checkpoint.pt"
+    checkpoint = load_latest_checkpoint(path, map_location=device)
+    if checkpoint is None:
+        raise WWGANError(f"{path}: no checkpoint; train first with `wwgan train --out {run_dir}`")
+    config = TrainConfig.from_dict(checkpoint["config"])
+    generator, critic = build_models(config)
+    try:
+        generator.load_state_dict(checkpoint["generator"])
+        critic.load_state_dict(checkpoint["critic"])
+    except RuntimeError:
+        raise WWGANError(f"{path}: weights do not match the model its config describes")
+    return config, generator.to(device).eval(), critic.to(device).eval()
+
+
+# (evaluation: fid and sliced wasserstein)
+
+
+# (evaluation: image W2 distance and critic experiments)
 
 
 # ----------------------------------------------------------------------------------------
 # figures
 # ----------------------------------------------------------------------------------------
-# (figures)
+# `wwgan figure NAME --input FILE ... --out figures/NAME` renders PNG and PDF from raw
+# results; each figure registers its renderer here.
+
+FIGURES: dict = {}
+
+
+def register_figure(name: str):
+    def decorate(render):
+        FIGURES[name] = render
+        return render
+    return decorate
+
+
+def save_figure(fig, out: str | Path) -> list[Path]:
+    """Save a matplotlib figure as OUT.png and OUT.pdf; returns both paths."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _matplotlib():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# (figures: fid curves and sample grids)
+
+
+# (figures: critic experiments)
 
 
 # ----------------------------------------------------------------------------------------
@@ -768,6 +831,19 @@ def train_command(optimizer_preset, lr, neighborhood, image_size, no_progress, *
     state = train(config, progress=not no_progress)
     click.echo(f"done: {state.iteration} iterations, {state.train_seconds:.1f} s of training, "
                f"checkpoint {Path(config.out) / 'checkpoint.pt'}")
+
+
+@cli.command("figure")
+@click.argument("name")
+@click.option("--input", "inputs", multiple=True, required=True, type=click.Path(exists=True),
+              help="Raw result file(s) written by an experiment command.")
+@click.option("--out", required=True, type=click.Path(), help="Output path without suffix.")
+def figure_command(name, inputs, out):
+    """Render figure NAME (PNG and PDF) from raw results, without retraining."""
+    if name not in FIGURES:
+        raise WWGANError(f"unknown figure {name!r}; choose from {', '.join(sorted(FIGURES))}")
+    for path in FIGURES[name]([Path(p) for p in inputs], Path(out)):
+        click.echo(f"wrote {path}")
 
 
 # (cli: data commands)
