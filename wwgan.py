@@ -494,6 +494,9 @@ def atomic_torch_save(obj: Any, path: Path, keep_previous: bool = False) -> None
         if keep_previous and path.exists():
             os.replace(path, previous_checkpoint_path(path))
         os.replace(tmp, path)
+    except OSError as exc:  # e.g. a full disk: the previous file is still intact
+        raise WWGANError(f"could not write {path}: {exc.strerror or exc}; "
+                         f"the last complete file was kept") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -595,6 +598,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
                           generator=torch.Generator().manual_seed(config.seed + 1)).to(device)
 
     ckpt_path = out / "checkpoint.pt"
+    for stale in [*out.glob(".*.tmp-*"), *out.glob("snapshots/.*.tmp-*")]:
+        stale.unlink()  # left by a run killed mid-write (kill -9 skips its cleanup)
     checkpoint = load_latest_checkpoint(ckpt_path, map_location=device)
     if checkpoint is not None:
         check_resumable(checkpoint, config, ckpt_path)
@@ -867,6 +872,10 @@ def main(argv=None) -> None:
         sys.exit(exc.exit_code)
     except WWGANError as exc:
         click.echo(f"wwgan: error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:  # unwritable output folder, vanished file, ...
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"wwgan: error: {exc.strerror or exc}{where}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("wwgan: interrupted; rerun the same command to resume", err=True)
