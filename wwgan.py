@@ -95,6 +95,8 @@ class TrainConfig:
     nan_policy: str = "stop"           # "stop" | "skip"
     max_images: int = 0                # use at most this many training images (0: all)
     # (config: data fields)
+    cache_dir: str = "data/cache"      # decoded uint8 arrays of image folders ("": no cache)
+    celeba_crop: int = 108             # CelebA center-crop side in the 178x218 frame
 
     # (config: performance fields)
 
@@ -174,13 +176,489 @@ def make_shapes(n: int, image_size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(images)
 
 
+DATASETS = ("shapes", "cifar10", "celeba", "folder")
+# What torchvision's ImageFolder accepts, plus .webp/.tiff (any format PIL decodes).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif",
+                    ".tif", ".tiff", ".webp")
+# torchvision's CIFAR10.classes (from batches.meta): alphabetical, so the class index of an
+# image-folder copy in sorted folder order is the official label.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+CELEBA_NUM_IMAGES = 202_599
+# The 64x64 CelebA recipe (DCGAN/WGAN lineage, e.g. carpedm20/DCGAN-tensorflow): a centered
+# 108x108 crop of the 178x218 aligned image, resized to 64. We crop at the exact image
+# center (some code shifts the crop down a few pixels; the paper does not say) and scale the
+# crop with the image width, so half-resolution copies get the same field of view. The
+# authors' released train.py instead used Resize(64) + CenterCrop(64), i.e. a centered
+# 178x178 crop: `--celeba-crop 178` reproduces that.
+CELEBA_REFERENCE_WIDTH = 178
+CACHE_FORMAT_VERSION = 1
+
+
 def load_dataset(config: TrainConfig) -> torch.Tensor:
     """The training images of `config.dataset` as uint8 (N, C, H, W)."""
-    if config.dataset == "shapes":
-        n = config.max_images or 4096
-        return make_shapes(n, config.image_size, seed=1234)
-    # (data: other datasets)
-    raise WWGANError(f"unknown dataset {config.dataset!r}")
+    return load_dataset_with_labels(config)[0]
+
+
+def load_dataset_with_labels(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(images uint8 (N, C, S, S), labels int64 (N,) or None when the set has no classes).
+
+    At most `config.max_images` images (0: all), a fixed subset that keeps class balance
+    (`subset_indices`). Image folders are decoded once and cached under `config.cache_dir`.
+    """
+    loaders = {"shapes": _load_shapes, "cifar10": load_cifar10, "celeba": load_celeba,
+               "folder": load_image_folder}
+    if config.dataset not in loaders:
+        raise WWGANError(f"unknown dataset {config.dataset!r}; choose from {', '.join(DATASETS)}")
+    if config.channels not in (1, 3):
+        raise WWGANError(f"channels must be 1 (grayscale) or 3 (RGB), got {config.channels}")
+    return loaders[config.dataset](config)
+
+
+def _load_shapes(config: TrainConfig):
+    n = config.max_images or 4096
+    return make_shapes(n, config.image_size, seed=1234), None
+
+
+def subset_indices(n: int, max_images: int, seed: int = 0) -> np.ndarray:
+    """Indices of the first `max_images` of a fixed-seed permutation of range(n), sorted.
+    A uniform random subset keeps the class balance; a smaller subset is contained in a
+    larger one. All of range(n) when max_images is 0 or >= n."""
+    if not max_images or max_images >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:max_images])
+
+
+def _warn(message: str) -> None:
+    click.echo(f"wwgan: warning: {message}", err=True)
+
+
+# -- image files: listing, decoding, caching --
+
+
+@dataclass
+class ImageFiles:
+    """The image files of a folder, in sorted order, with class labels for the
+    one-sub-folder-per-class layout and the files that were left out, with why."""
+
+    root: Path
+    files: list    # paths as str
+    labels: list | None
+    classes: list
+    skipped: list  # (path, reason)
+
+
+def _is_image_file(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _walk_files(folder: str) -> list:
+    # Plain strings, not Path objects: listing 200k files with pathlib costs seconds.
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
+    return found
+
+
+def list_image_files(root: str | Path) -> ImageFiles:
+    """The images under `root`: flat (labels None) or one sub-folder per class (labels =
+    class index in sorted class-name order, as torchvision's ImageFolder). Hidden files are
+    ignored; files without an image extension are skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise WWGANError(f"image folder {root} does not exist; pass --data-root DIR")
+    entries = sorted(os.path.join(root, name) for name in os.listdir(root)
+                     if not name.startswith("."))
+    subdirs = [p for p in entries if os.path.isdir(p)]
+    files, labels, classes, skipped = [], [], [], []
+    if subdirs:
+        skipped += [(p, "outside the class sub-folders") for p in entries if os.path.isfile(p)]
+        for folder in subdirs:
+            inside = _walk_files(folder)
+            images = [p for p in inside if _is_image_file(p)]
+            skipped += [(p, "not an image file") for p in inside if not _is_image_file(p)]
+            if images:
+                labels += [len(classes)] * len(images)
+                classes.append(os.path.basename(folder))
+                files += images
+    else:
+        files = [p for p in entries if _is_image_file(p)]
+        skipped = [(p, "not an image file") for p in entries if not _is_image_file(p)]
+    return ImageFiles(root, files, labels if classes else None, classes, skipped)
+
+
+def _convert_mode(img, mode: str):
+    """Grayscale, palette, RGBA, CMYK ... -> `mode` ("RGB" or "L"); alpha is dropped."""
+    if img.mode == mode:
+        return img
+    if img.mode in ("P", "PA"):  # palette transparency converts cleanly only via RGBA
+        img = img.convert("RGBA")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale PNG: keep the top byte
+        from PIL import Image
+
+        img = Image.fromarray(np.clip(np.asarray(img) / 256, 0, 255).astype(np.uint8))
+    return img.convert(mode)
+
+
+def decode_image(path: str | Path, size: int, crop_fraction: float = 1.0,
+                 channels: int = 3, exif_transpose: bool = False) -> np.ndarray:
+    """One image file -> uint8 (C, size, size): a centered square crop whose side is
+    `crop_fraction` of the shorter side, resized with PIL's antialiased bicubic filter.
+    The crop box may be fractional (PIL resamples it exactly, no rounding of the center).
+    Large JPEGs are decoded at a reduced DCT scale (draft mode) that keeps the crop at
+    least `size` pixels wide."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        w, h = img.size
+        side = min(w, h) * crop_fraction
+        if img.format == "JPEG" and side >= 2 * size:
+            img.draft(None, (math.ceil(w * size / side), math.ceil(h * size / side)))
+        if exif_transpose:
+            img = ImageOps.exif_transpose(img)
+        img = _convert_mode(img, "RGB" if channels == 3 else "L")
+        w, h = img.size
+        side = min(w, h) * crop_fraction
+        if (w, h) != (size, size) or crop_fraction != 1.0:
+            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+            img = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
+        array = np.asarray(img)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def decode_images(paths: list, size: int, crop_fraction: float = 1.0, channels: int = 3,
+                  exif_transpose: bool = False, desc: str = "decoding images"):
+    """Decode many files in a thread pool (PIL releases the GIL while decoding and
+    resizing). Returns (uint8 (N, C, size, size), ok mask (N,)); unreadable files are
+    marked, not raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    n = len(paths)
+    out = np.zeros((n, channels, size, size), dtype=np.uint8)
+    ok = np.ones(n, dtype=bool)
+    chunk = 256
+
+    def decode_chunk(start: int) -> int:
+        stop = min(start + chunk, n)
+        for i in range(start, stop):
+            try:
+                out[i] = decode_image(paths[i], size, crop_fraction, channels, exif_transpose)
+            except Exception:  # corrupt, truncated or not an image: counted by the caller
+                ok[i] = False
+        return stop - start
+
+    workers = max(1, min(16, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=n, desc=desc, unit="img",
+                                                   disable=None, leave=False) as bar:
+        for done in pool.map(decode_chunk, range(0, n, chunk)):
+            bar.update(done)
+    return out, ok
+
+
+def _cache_paths(cache_dir: Path, name: str, key: dict) -> tuple[Path, Path]:
+    import hashlib
+
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    stem = f"{name}-{key['size']}px-{key['channels']}ch-{digest}"
+    return cache_dir / f"{stem}.npy", cache_dir / f"{stem}.labels.npy"
+
+
+def _atomic_np_save(array: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _read_cache(images_path: Path, labels_path: Path, with_labels: bool, shape_tail: tuple):
+    """(images, labels) from a cache written by `_write_cache`, None when there is none;
+    a damaged one is reported and ignored (it will be rebuilt)."""
+    if not images_path.exists():
+        return None
+    try:
+        images = np.load(images_path, allow_pickle=False)
+        if images.dtype != np.uint8 or images.shape[1:] != shape_tail or not len(images):
+            raise ValueError(f"holds {images.dtype} {images.shape}")
+        labels = None
+        if with_labels:
+            labels = np.load(labels_path, allow_pickle=False)
+            if labels.shape != (len(images),):
+                raise ValueError(f"labels {labels.shape} do not match images {images.shape}")
+        return images, labels
+    except Exception as exc:
+        _warn(f"cache {images_path} is unreadable ({type(exc).__name__}: {exc}); rebuilding it")
+        return None
+
+
+def _write_cache(images_path: Path, labels_path: Path, images, labels) -> None:
+    try:
+        images_path.parent.mkdir(parents=True, exist_ok=True)
+        if labels is not None:  # labels first: the images file marks a complete cache
+            _atomic_np_save(labels, labels_path)
+        _atomic_np_save(images, images_path)
+    except OSError as exc:
+        _warn(f"could not write the decoded-image cache {images_path} ({exc.strerror or exc}); "
+              f"continuing without it (set --cache-dir to a writable folder)")
+
+
+def load_image_files(config: TrainConfig, listing: ImageFiles, name: str,
+                     crop_fraction: float = 1.0, exif_transpose: bool = False):
+    """Decode (or read from the cache) the images of `listing` at config.image_size:
+    (uint8 tensor (N, C, S, S), int64 labels or None). The cache file is keyed by the
+    dataset, resolution, crop, the resolved folder, its file names and max_images, and
+    written atomically, so a second run reads one array instead of decoding again."""
+    files, labels = listing.files, listing.labels
+    if not files:
+        raise WWGANError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {listing.root}")
+    import hashlib
+
+    prefix = len(str(listing.root)) + 1
+    names = hashlib.sha1("\n".join(p[prefix:] for p in files).encode())
+    key = dict(version=CACHE_FORMAT_VERSION, dataset=name, root=str(listing.root.resolve()),
+               num_files=len(files), names=names.hexdigest(), max_images=config.max_images,
+               size=config.image_size, channels=config.channels, crop=round(crop_fraction, 6),
+               exif=exif_transpose, classes=listing.classes)
+    shape_tail = (config.channels, config.image_size, config.image_size)
+    with_labels = labels is not None
+    cache = _cache_paths(Path(config.cache_dir), name, key) if config.cache_dir else None
+    cached = _read_cache(*cache, with_labels, shape_tail) if cache else None
+    if cached is not None:
+        images, label_array = cached
+    else:
+        keep = subset_indices(len(files), config.max_images)
+        paths = [files[i] for i in keep]
+        images, ok = decode_images(paths, config.image_size, crop_fraction, config.channels,
+                                   exif_transpose, desc=f"decoding {name}")
+        label_array = np.asarray(labels, dtype=np.int64)[keep] if with_labels else None
+        skipped = list(listing.skipped) + [(p, "unreadable") for p, good in zip(paths, ok)
+                                           if not good]
+        if skipped:
+            counts = {}
+            for _, reason in skipped:
+                counts[reason] = counts.get(reason, 0) + 1
+            detail = ", ".join(f"{k} {reason}" for reason, k in counts.items())
+            _warn(f"skipped {len(skipped)} file(s) under {listing.root}: {detail} "
+                  f"(e.g. {skipped[0][0]})")
+        if not ok.any():
+            raise WWGANError(f"no usable images under {listing.root}: all {len(paths)} image "
+                             f"file(s) failed to decode (corrupt or not images)")
+        if not ok.all():
+            images = images[ok]
+            label_array = label_array[ok] if with_labels else None
+        if cache:
+            _write_cache(*cache, images, label_array)
+    labels_tensor = torch.from_numpy(label_array.astype(np.int64)) if with_labels else None
+    return torch.from_numpy(images), labels_tensor
+
+
+# -- CIFAR-10 --
+
+
+def find_cifar10(root: str | Path) -> tuple[str, Path]:
+    """("torchvision", ROOT) when ROOT/cifar-10-batches-py exists (the official pickles),
+    else ("folder", DIR) for an image folder DIR/<class>/*: ROOT/train or ROOT itself."""
+    root = Path(root)
+    if (root / "cifar-10-batches-py").is_dir():
+        return "torchvision", root
+    for folder in (root / "train", root):
+        if folder.is_dir() and {p.name for p in folder.iterdir() if p.is_dir()} >= set(
+                CIFAR10_CLASSES):
+            return "folder", folder
+    raise WWGANError(f"CIFAR-10 not found: expected {root / 'cifar-10-batches-py'} (torchvision) "
+                     f"or {root / 'train'}/<class>/*.jpg; fetch it with "
+                     f"`wwgan download cifar10 --root {root}`")
+
+
+def _resize_array_images(images_nhwc: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> uint8 (N, C, size, size) through the same PIL path as files."""
+    from PIL import Image
+
+    n, h, w, _ = images_nhwc.shape
+    if (h, w) == (size, size) and channels == 3:
+        return np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))
+    out = np.empty((n, channels, size, size), dtype=np.uint8)
+    for i, image in enumerate(images_nhwc):
+        img = Image.fromarray(image).convert("RGB" if channels == 3 else "L")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
+        array = np.asarray(img)
+        out[i] = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return out
+
+
+def load_cifar10(config: TrainConfig):
+    """The CIFAR-10 training split (50,000 images, labels 0-9 in torchvision's class
+    order), from torchvision's pickles (md5-checked on every load) or an image folder."""
+    layout, path = find_cifar10(config.data_root)
+    if layout == "folder":
+        listing = list_image_files(path)
+        if listing.classes != list(CIFAR10_CLASSES):
+            _warn(f"{path}: class folders {listing.classes} are not CIFAR-10's; labels follow "
+                  f"their sorted order")
+        return load_image_files(config, listing, "cifar10")
+    from torchvision.datasets import CIFAR10
+
+    try:
+        dataset = CIFAR10(root=str(path), train=True, download=False)
+    except Exception as exc:
+        raise WWGANError(f"{path / CIFAR10.base_folder} is incomplete or corrupt ({exc}); "
+                         f"fetch it again with `wwgan download cifar10 --root {path}`")
+    if list(dataset.classes) != list(CIFAR10_CLASSES):  # the folder layout relies on this
+        raise WWGANError(f"{path / CIFAR10.base_folder}: unexpected class list {dataset.classes}")
+    keep = subset_indices(len(dataset.data), config.max_images)
+    images = _resize_array_images(dataset.data[keep], config.image_size, config.channels)
+    labels = np.asarray(dataset.targets, dtype=np.int64)[keep]
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+# -- CelebA --
+
+
+def find_celeba(root: str | Path) -> Path:
+    """The img_align_celeba/ folder: ROOT/img_align_celeba, torchvision's
+    ROOT/celeba/img_align_celeba, or ROOT itself when it holds the images."""
+    root = Path(root)
+    for folder in (root / "img_align_celeba", root / "celeba" / "img_align_celeba"):
+        if folder.is_dir():
+            return folder
+    if root.is_dir() and any(_is_image_file(entry.name) for entry in os.scandir(root)):
+        return root
+    raise WWGANError(f"CelebA not found: expected {root / 'celeba' / 'img_align_celeba'} (or "
+                     f"{root / 'img_align_celeba'}) with the aligned JPEGs; fetch it with "
+                     f"`wwgan download celeba --root {root}`")
+
+
+def load_celeba(config: TrainConfig):
+    """Aligned CelebA faces: a centered square crop of celeba_crop/178 of the image width
+    (108x108 of 178x218, 54x54 of a half-resolution 89x109 copy), resized to image_size
+    (64 in the paper). No labels."""
+    if not 1 <= config.celeba_crop <= CELEBA_REFERENCE_WIDTH:
+        raise WWGANError(f"celeba_crop must be in 1..{CELEBA_REFERENCE_WIDTH} (pixels of the "
+                         f"178x218 aligned image), got {config.celeba_crop}")
+    listing = list_image_files(find_celeba(config.data_root))
+    images, _ = load_image_files(config, listing, "celeba",
+                                 crop_fraction=config.celeba_crop / CELEBA_REFERENCE_WIDTH)
+    return images, None
+
+
+# -- any image folder --
+
+
+def load_image_folder(config: TrainConfig):
+    """Any folder of images, flat or one sub-folder per class (then labelled): a centered
+    square crop of the shorter side, resized to image_size; EXIF orientation applied."""
+    return load_image_files(config, list_image_files(config.data_root), "folder",
+                            exif_transpose=True)
+
+
+# -- downloads (torchvision's official files and checksums) --
+
+
+class _socket_timeout:
+    """Bound every blocking socket operation, so a dead network fails instead of hanging."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __enter__(self):
+        import socket
+
+        self.previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(self.seconds)
+
+    def __exit__(self, *exc):
+        import socket
+
+        socket.setdefaulttimeout(self.previous)
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def download_dataset(name: str, root: str | Path, timeout: float = 60.0) -> Path:
+    """Fetch the official files of `name` ("cifar10" | "celeba") into `root` with
+    torchvision, verify their md5 checksums, and return the folder the loader reads."""
+    if name == "cifar10":
+        return _download_cifar10(Path(root), timeout)
+    if name == "celeba":
+        return _download_celeba(Path(root), timeout)
+    raise WWGANError(f"no download for dataset {name!r}; choose cifar10 or celeba")
+
+
+def _download_cifar10(root: Path, timeout: float) -> Path:
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    try:
+        with _socket_timeout(timeout):
+            CIFAR10(root=str(root), train=True, download=True)  # md5 of the archive and batches
+    except Exception as exc:
+        archive = root / CIFAR10.filename
+        reason = _reason(exc)
+        if archive.exists() and not check_integrity(str(archive), CIFAR10.tgz_md5):
+            reason = f"{archive} does not match md5 {CIFAR10.tgz_md5}; {reason}"
+        raise WWGANError(
+            f"could not fetch CIFAR-10 into {root / CIFAR10.base_folder} ({reason}); "
+            f"if this machine is offline, download {CIFAR10.url} elsewhere, place it at "
+            f"{root / CIFAR10.filename} (md5 {CIFAR10.tgz_md5}) and rerun "
+            f"`wwgan download cifar10 --root {root}`")
+    return root / CIFAR10.base_folder
+
+
+def _download_celeba(root: Path, timeout: float) -> Path:
+    """torchvision's CelebA file list from Google Drive, each md5-verified, then the image
+    zip unpacked to ROOT/celeba/img_align_celeba. Only the images are needed for training:
+    a failed annotation file is a warning; a failed image zip is an error that says which
+    files to place where by hand (Drive often returns a quota page instead of the file)."""
+    import torchvision.datasets.utils as tv_utils
+    from torchvision.datasets import CelebA
+
+    base = root / CelebA.base_folder
+    images_dir = base / "img_align_celeba"
+    have_images = images_dir.is_dir() and any(images_dir.iterdir())
+    failed = []
+    for file_id, md5, filename in CelebA.file_list:
+        if filename.endswith(".zip") and have_images:
+            continue
+        try:
+            with _socket_timeout(timeout):
+                tv_utils.download_file_from_google_drive(file_id, str(base), filename, md5)
+        except Exception as exc:
+            failed.append((file_id, md5, filename, _reason(exc)))
+    zip_failed = [f for f in failed if f[2].endswith(".zip")]
+    if zip_failed:
+        fid, md5, name, reason = zip_failed[0]
+        optional = [f[2] for f in failed if f is not zip_failed[0]]
+        extra = (f" (optional, not used for training: {', '.join(optional)} from the same "
+                 f"Drive folder)" if optional else "")
+        raise WWGANError(
+            f"could not fetch CelebA from Google Drive ({reason}; Drive often serves a quota "
+            f"or HTML page instead of the file, a known torchvision issue); by hand: download "
+            f"{name} (https://drive.google.com/uc?id={fid}, md5 {md5}; or via "
+            f"https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, Img/) into {base}/{extra} and "
+            f"rerun `wwgan download celeba --root {root}`, which verifies the md5 and unpacks "
+            f"it; or unzip it yourself so that {images_dir}/ holds the JPEGs")
+    if failed:
+        _warn(f"could not fetch CelebA annotation file(s) "
+              f"{', '.join(f[2] for f in failed)} into {base} (not needed for training): "
+              f"{failed[0][3]}")
+    if not have_images:
+        tv_utils.extract_archive(str(base / "img_align_celeba.zip"), str(base))
+    count = sum(1 for p in images_dir.iterdir() if _is_image_file(p))
+    if count != CELEBA_NUM_IMAGES:
+        _warn(f"{images_dir} holds {count} images, the official set {CELEBA_NUM_IMAGES}")
+    return images_dir
 
 
 def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -823,6 +1301,11 @@ def cli():
               show_default=True)
 @click.option("--max-images", default=0, show_default=True, type=click.IntRange(min=0),
               help="Use at most N training images (0: all).")
+@click.option("--cache-dir", default="data/cache", show_default=True, type=click.Path(),
+              help="Where decoded image folders are cached as uint8 arrays ('' disables).")
+@click.option("--celeba-crop", default=108, show_default=True,
+              type=click.IntRange(1, CELEBA_REFERENCE_WIDTH),
+              help="CelebA center-crop side in the 178x218 frame (178: the authors' code).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train_command(optimizer_preset, lr, neighborhood, image_size, no_progress, **options):
     """Train a generator and critic with Algorithm 1; rerun the same command to resume."""
@@ -852,6 +1335,16 @@ def figure_command(name, inputs, out):
 
 
 # (cli: data commands)
+@cli.command("download")
+@click.argument("name", type=click.Choice(["cifar10", "celeba"]))
+@click.option("--root", default="data", show_default=True, type=click.Path(file_okay=False),
+              help="Folder to put the dataset in (then pass it as --data-root).")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds without network progress before giving up.")
+def download_command(name, root, timeout):
+    """Fetch the official CIFAR-10 or CelebA files into ROOT and verify their md5."""
+    path = download_dataset(name, root, timeout)
+    click.echo(f"{name}: files verified; images at {path} (train with --data-root {root})")
 
 
 # (cli: evaluation commands)
