@@ -57,7 +57,7 @@ OPTIMIZER_PRESETS = {
 IDENTITY_FIELDS = (
     "dataset", "image_size", "channels", "loss", "latent_dim", "width", "batch_size",
     "n_critic", "lam", "lipschitz_target", "one_sided", "density_at", "alpha",
-    "neighborhood", "gamma", "lr", "beta1", "beta2", "seed",
+    "neighborhood", "gamma", "lr", "beta1", "beta2", "seed", "celeba_crop", "max_images",
 )
 
 
@@ -1058,8 +1058,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
     samples/ and checkpoints into config.out."""
     out = Path(config.out)
     device = select_device(config.device)
+    images = load_dataset(config)  # before creating OUT: missing data leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
-    images = load_dataset(config)
     if tuple(images.shape[1:]) != (config.channels, config.image_size, config.image_size):
         raise WWGANError(f"dataset images are {tuple(images.shape[1:])}, the model expects "
                          f"{(config.channels, config.image_size, config.image_size)}")
