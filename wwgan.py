@@ -717,7 +717,7 @@ def load_run(run_dir: str | Path, device="cpu") -> tuple[TrainConfig, Generator,
 # pytorch-fid's InceptionV3 and `calculate_frechet_distance` as they are, on 8-bit images
 # mapped from the generator's [-1, 1] (the authors' code saved tanh outputs unnormalized,
 # which clipped every negative pixel to 0 before scoring). Next to FID we report the
-# multi-scale sliced Wasserstein distance (SWD) of Karras et al. (2018, App. D), which
+# multi-scale sliced Wasserstein distance (SWD) of Karras et al. (2018, Sec. 5), which
 # needs no downloaded network.
 #
 # Offline Inception weights: pytorch-fid fetches pt_inception-2015-12-05-6726825d.pth from
@@ -811,7 +811,7 @@ def convert_fid_helper_inception(torchscript: nn.Module) -> dict[str, torch.Tens
     target = _fid_inception_skeleton().state_dict()
     src_groups = _conv_units(source, ".weight", group_depth=3)    # net.layers.<block>
     dst_groups = _conv_units(target, ".conv.weight", group_depth=1)  # <Block>
-    mismatch = f"fid-helper's Inception does not match pytorch-fid's"
+    mismatch = "fid-helper's Inception does not match pytorch-fid's"
     if [len(u) for u in src_groups.values()] != [len(u) for u in dst_groups.values()]:
         raise WWGANError(f"{mismatch}: blocks {list(src_groups)} vs {list(dst_groups)}")
     converted, used = {}, set()
@@ -965,12 +965,13 @@ def generated_batches(generator: nn.Module, num_samples: int, batch_size: int = 
         generator.train(was_training)
 
 
-def tensor_batches(images: torch.Tensor, batch_size: int = 100):
+def image_batches(images: torch.Tensor, batch_size: int = 100):
     for start in range(0, len(images), batch_size):
         yield images[start:start + batch_size]
 
 
-def inception_statistics(batches, model: nn.Module, device="cpu") -> tuple[np.ndarray, np.ndarray, int]:
+def inception_statistics(batches, model: nn.Module,
+                         device="cpu") -> tuple[np.ndarray, np.ndarray, int]:
     """Mean and covariance (ddof=1, as np.cov) of the 2048-d pool features of uint8 image
     batches, accumulated as running sums in float64 on `device` (no N x 2048 array)."""
     total = outer = None
@@ -1059,12 +1060,25 @@ def load_reference_statistics(path: str | Path, expect: dict | None = None) -> d
     return stats
 
 
+def real_image_subset(dataset: str, data_root: str | Path, image_size: int, count: int,
+                seed: int = 0, base_config: TrainConfig | None = None) -> torch.Tensor:
+    """`count` training images, uint8 (N, C, H, W): a seeded uniform subset of the whole
+    set `load_dataset` gives (not its first images, which may all share one class)."""
+    config = dataclasses.replace(base_config or TrainConfig(), dataset=dataset,
+                                 data_root=str(data_root), image_size=image_size, max_images=0)
+    images = load_dataset(config)
+    if len(images) > count:
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+        images = images[pick[:count].sort().values]
+    return images
+
+
 def reference_statistics(path: str | Path, dataset: str, data_root: str | Path,
                          image_size: int, num_images: int, device="cpu", batch_size: int = 100,
                          weights=None, base_config: TrainConfig | None = None) -> dict:
-    """Inception statistics of the first `num_images` training images (as `load_dataset`
-    returns them), cached at `path`: reused when the stored key (dataset, resolution, count,
-    data root, weights) matches, recomputed and rewritten atomically otherwise."""
+    """Inception statistics of `num_images` training images (`real_image_subset`), cached at
+    `path`: reused when the stored key (dataset, resolution, count, data root, weights)
+    matches, recomputed and rewritten atomically otherwise."""
     path = Path(path)
     key = reference_stats_key(dataset, data_root, image_size, num_images)
     if path.exists():
@@ -1075,12 +1089,9 @@ def reference_statistics(path: str | Path, dataset: str, data_root: str | Path,
         if cached is not None and cached["key"] == key:
             cached["cached"] = True
             return cached
-    config = dataclasses.replace(base_config or TrainConfig(), dataset=dataset,
-                                 data_root=str(data_root), image_size=image_size,
-                                 max_images=num_images)
-    images = load_dataset(config)
-    model = load_fid_inception(device, weights)
-    mu, sigma, count = inception_statistics(tensor_batches(images, batch_size), model, device)
+    model = load_fid_inception(device, weights)  # first: fail before loading any data
+    images = real_image_subset(dataset, data_root, image_size, num_images, base_config=base_config)
+    mu, sigma, count = inception_statistics(image_batches(images, batch_size), model, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
     try:
@@ -1092,7 +1103,7 @@ def reference_statistics(path: str | Path, dataset: str, data_root: str | Path,
     return dict(mu=mu, sigma=sigma, count=np.array(count), key=key, cached=False)
 
 
-# -- sliced Wasserstein distance (Karras et al. 2018, "Progressive growing of GANs", App. D) --
+# -- sliced Wasserstein distance (Karras et al. 2018, "Progressive growing of GANs", Sec. 5) --
 # Per level of a Laplacian pyramid (16x16 up to the image size): random 7x7 neighbourhoods,
 # each colour channel normalized to zero mean and unit variance over the set, then the sliced
 # Wasserstein-1 distance between the real and the fake descriptor sets, x 1e3.
@@ -1153,7 +1164,7 @@ def swd_descriptors(images: torch.Tensor, per_image: int = 128, size: int = 7, s
     rng = torch.Generator().manual_seed(seed)
     levels = len(swd_resolutions(images.shape[-1]))
     per_level: list[list[torch.Tensor]] = [[] for _ in range(levels)]
-    for batch in tensor_batches(images, batch_size):
+    for batch in image_batches(images, batch_size):
         pyramid = laplacian_pyramid(batch.to(device).float(), levels)
         for store, level in zip(per_level, pyramid):
             store.append(_random_neighbourhoods(level, per_image, size, rng))
@@ -1275,8 +1286,8 @@ def write_fid_curve(path: str | Path, rows: list[dict]) -> None:
             writer = csv.writer(f)
             writer.writerow(FID_CURVE_COLUMNS)
             for row in sorted(rows, key=lambda r: r["iteration"]):
-                writer.writerow([row["iteration"], f"{row['train_seconds']:.3f}"] +
-                                ["" if math.isnan(row[k]) else f"{row[k]:.6g}" for k in ("fid", "swd")])
+                metrics = ["" if math.isnan(row[k]) else f"{row[k]:.6g}" for k in ("fid", "swd")]
+                writer.writerow([row["iteration"], f"{row['train_seconds']:.3f}", *metrics])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -1295,14 +1306,17 @@ def fid_curve(run_dir: str | Path, out: str | Path, stats: str | Path | None = N
     Every snapshot sees the same latents (`seed`). Resumable: rows of `out` that already
     hold the requested metrics are kept; the CSV is rewritten after each snapshot."""
     run_dir, out = Path(run_dir), Path(out)
+    if compute_fid and stats is None:
+        raise WWGANError("FID needs --stats STATS.npz (from `wwgan fid-stats`), or pass --no-fid")
     sources = {}
     for path in snapshot_paths(run_dir):
         sources.setdefault(int(path.stem.split("_")[-1]), path)
-    final = load_latest_checkpoint(run_dir / "checkpoint.pt")
-    if final is not None and final["iteration"] not in sources:
-        sources[int(final["iteration"])] = run_dir / "checkpoint.pt"
-        if not (run_dir / "checkpoint.pt").exists():
-            sources[int(final["iteration"])] = previous_checkpoint_path(run_dir / "checkpoint.pt")
+    checkpoint = run_dir / "checkpoint.pt"
+    final = load_latest_checkpoint(checkpoint)
+    if final is not None and int(final["iteration"]) not in sources:
+        # the end of training, when it is not a multiple of --snapshot-every
+        sources[int(final["iteration"])] = (checkpoint if checkpoint.exists()
+                                            else previous_checkpoint_path(checkpoint))
     del final
     if not sources:
         raise WWGANError(f"{run_dir}: no generator snapshots; train with --snapshot-every K")
@@ -1318,16 +1332,14 @@ def fid_curve(run_dir: str | Path, out: str | Path, stats: str | Path | None = N
     config, _, _ = load_generator_snapshot(sources[todo[0]], "cpu")
     dataset = dataset or config.dataset
     data_root = data_root or config.data_root
-    real = load_dataset(dataclasses.replace(config, dataset=dataset, data_root=str(data_root),
-                                            max_images=min(num_samples, swd_images)))
+    real = real_image_subset(dataset, data_root, config.image_size, min(num_samples, swd_images),
+                       base_config=config)
     if tuple(real.shape[1:]) != (config.channels, config.image_size, config.image_size):
         raise WWGANError(f"{dataset} images are {tuple(real.shape[1:])}, the run's generator "
                          f"makes {(config.channels, config.image_size, config.image_size)}")
     real_desc = swd_descriptors(real, seed=seed, batch_size=batch_size, device=device)
     reference = model = None
     if compute_fid:
-        if stats is None:
-            raise WWGANError("FID needs --stats STATS.npz (from `wwgan fid-stats`), or pass --no-fid")
         expect = reference_stats_key(dataset, data_root, config.image_size, num_samples)
         stats = Path(stats)
         if stats.exists():
@@ -1426,12 +1438,12 @@ def _matplotlib():
 
 # (figures: fid curves and sample grids)
 
-LOSS_LABELS = {"wgan-gp": "WGAN-GP", "lp": "WGAN-LP", "wwgan": "WWGAN",
-               "wwgan-authors": "WWGAN (authors' code)"}
-LOSS_COLORS = {"wgan-gp": "#1f77b4", "lp": "#2ca02c", "wwgan": "#d62728",
-               "wwgan-authors": "#ff7f0e"}
-DATASET_LABELS = {"cifar10": "CIFAR-10", "celeba": "CelebA", "shapes": "shapes",
-                  "folder": "images"}
+FIGURE_LOSS_LABELS = {"wgan-gp": "WGAN-GP", "lp": "WGAN-LP", "wwgan": "WWGAN",
+                      "wwgan-authors": "WWGAN (authors' code)"}
+FIGURE_LOSS_COLORS = {"wgan-gp": "#1f77b4", "lp": "#2ca02c", "wwgan": "#d62728",
+                      "wwgan-authors": "#ff7f0e"}
+FIGURE_DATASET_LABELS = {"cifar10": "CIFAR-10", "celeba": "CelebA", "shapes": "shapes",
+                         "folder": "images"}
 
 
 def _run_config_of(path: Path) -> dict | None:
@@ -1473,12 +1485,12 @@ def _plot_curves(plt, groups: dict, metrics: list[str]):
 
     fig, axes = plt.subplots(len(metrics), 2, figsize=(8.0, 2.9 * len(metrics)), squeeze=False)
     for (dataset, loss), runs in sorted(groups.items()):
-        label = LOSS_LABELS.get(loss, loss)
+        label = FIGURE_LOSS_LABELS.get(loss, loss)
         if several_datasets:
-            label = f"{DATASET_LABELS.get(dataset, dataset)}, {label}"
+            label = f"{FIGURE_DATASET_LABELS.get(dataset, dataset)}, {label}"
         if len(runs) > 1:
             label += f" (mean $\\pm$ s.d., {len(runs)} seeds)"
-        color = LOSS_COLORS.get(loss)
+        color = FIGURE_LOSS_COLORS.get(loss)
         for row, metric in enumerate(metrics):
             iterations, values, seconds = _mean_over_seeds(runs, metric)
             if not len(iterations):
@@ -1551,8 +1563,9 @@ def _titled_grid(path: Path) -> tuple[np.ndarray, str]:
             raise WWGANError(f"{path}: not an image (samples takes grid PNGs or run directories)")
     if config is None:
         return grid, path.stem
-    dataset = DATASET_LABELS.get(config.get("dataset"), config.get("dataset", "?"))
-    return grid, f"{dataset}, {LOSS_LABELS.get(config.get('loss'), config.get('loss', '?'))}"
+    dataset, loss = config.get("dataset", "?"), config.get("loss", "?")
+    dataset, loss = FIGURE_DATASET_LABELS.get(dataset, dataset), FIGURE_LOSS_LABELS.get(loss, loss)
+    return grid, f"{dataset}, {loss}"
 
 
 @register_figure("samples")
@@ -1716,7 +1729,8 @@ def fid_stats_command(dataset, data_root, image_size, num_images, out, device, b
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--stats", type=click.Path(dir_okay=False), default=None,
               help="Reference STATS.npz from `wwgan fid-stats` (computed here if missing).")
-@click.option("--dataset", default=None, help="Real data for SWD and missing stats [default: the run's].")
+@click.option("--dataset", default=None,
+              help="Real data for SWD and missing stats [default: the run's].")
 @click.option("--data-root", default=None, type=click.Path(), help="[default: the run's]")
 @click.option("--num-samples", default=10_000, show_default=True, type=click.IntRange(min=2),
               help="Generated images per snapshot for FID.")
@@ -1739,7 +1753,7 @@ def fid_curve_command(run_dir, stats, dataset, data_root, num_samples, swd_image
     rows = fid_curve(run_dir, out, stats, dataset, data_root, num_samples, not no_fid,
                      swd_images, seed, batch_size, device, weights, progress=not no_progress)
     last = rows[-1]
-    click.echo(f"wrote {out}: {len(rows)} snapshots; at iteration {last['iteration']} "
+    click.echo(f"wrote {out}: {len(rows)} rows; at iteration {last['iteration']} "
                f"FID {last['fid']:.2f}, SWD {last['swd']:.2f}")
 
 

@@ -132,7 +132,7 @@ def test_streamed_statistics_equal_numpy_mean_and_cov():
 
     images = torch.randint(0, 256, (70, 3, 8, 8), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(1))
-    mu, sigma, count = wwgan.inception_statistics(wwgan.tensor_batches(images, 16), features)
+    mu, sigma, count = wwgan.inception_statistics(wwgan.image_batches(images, 16), features)
     stacked = features(images.float() / 255)[0].flatten(1).double().numpy()
     assert count == 70
     np.testing.assert_allclose(mu, stacked.mean(0), rtol=1e-10, atol=1e-12)
@@ -144,6 +144,15 @@ def test_images_to_uint8_maps_the_tanh_range_linearly():
     expected = np.clip(np.rint((x.numpy() + 1) * 127.5), 0, 255)
     assert wwgan.images_to_uint8(x).tolist() == expected.tolist()
     assert wwgan.images_to_uint8(x)[1] == 64  # a negative pixel is not clamped to 0
+
+
+def test_real_images_are_a_seeded_uniform_subset_of_the_training_set():
+    everything = wwgan.load_dataset(wwgan.TrainConfig(dataset="shapes", image_size=16))
+    subset = wwgan.real_image_subset("shapes", "data", 16, 50)
+    assert torch.equal(subset, wwgan.real_image_subset("shapes", "data", 16, 50))
+    flat = everything.flatten(1)
+    rows = [int(torch.nonzero((flat == image.flatten()).all(1))[0]) for image in subset]
+    assert len(set(rows)) == 50 and max(rows) > 1000  # spread over the set, not its head
 
 
 # -- sliced Wasserstein distance --
@@ -316,7 +325,8 @@ def test_fid_curve_equals_fid_of_pytorch_fid_features_of_png_files(tiny_run, fid
     # pytorch-fid's features of PNG files of the same images
     real_dir, fake_dir = tmp_path / "real", tmp_path / "fake"
     real_dir.mkdir(), fake_dir.mkdir()
-    real = wwgan.make_shapes(n, 32, seed=1234)  # `load_dataset` of shapes
+    real = wwgan.real_image_subset("shapes", "data", 32, n)  # the images fid-stats scored
+    assert real.shape == (n, 3, 32, 32) and len(torch.unique(real.flatten(1), dim=0)) == n
     snapshot = torch.load(tiny_run / "snapshots" / "generator_0000004.pt", weights_only=False)
     generator = wwgan.Generator(32, 3, 16, 128)
     generator.load_state_dict(snapshot["generator"])
