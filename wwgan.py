@@ -385,7 +385,8 @@ def gradient_norm(grad: torch.Tensor, loss: str, density: torch.Tensor | None = 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                      loss: str = "wwgan", lam: float = 10.0, target: float = 1.0,
                      one_sided: bool = False, density_at: str = "interpolate",
-                     alpha: float = 1.0, neighborhood: int = 4, gamma: float = 1.0):
+                     alpha: float = 1.0, neighborhood: int = 4, gamma: float = 1.0,
+                     eps: torch.Tensor | None = None):
     """The gradient penalty of `loss` at x_hat = eps * real + (1 - eps) * fake, eps ~ U[0, 1]
     per sample (uniform on the straight line between a real and a fake sample):
 
@@ -396,12 +397,14 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
     - "wwgan-authors": the same with the authors' code's quadratic form.
 
     `target` replaces the 1 (see README: the Def. 10 norm of a fresh critic is ~40x its
-    L2 norm); `one_sided` uses max(0, . - target)^2 for the W2 losses.
+    L2 norm); `one_sided` uses max(0, . - target)^2 for the W2 losses. `eps` (B, 1, 1, 1)
+    fixes the interpolation weights (tests of distributed training); drawn when None.
     Returns (penalty, gradient_norms) with the norms detached, for logging.
     """
     if real.shape != fake.shape:
         raise ValueError(f"real and fake batches differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
-    eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    if eps is None:
+        eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
     x_hat = eps * real.detach() + (1.0 - eps) * fake.detach()
     grad = critic_input_gradient(critic, x_hat)
     density = None
@@ -425,27 +428,46 @@ def make_optimizers(config: TrainConfig, generator: nn.Module, critic: nn.Module
             torch.optim.Adam(critic.parameters(), lr=config.lr, betas=betas))
 
 
-def critic_step(config: TrainConfig, generator, critic, critic_opt, images):
-    """One critic update of Algorithm 1 (lines 3-9). Returns detached loss terms."""
-    real = sample_batch(images, config.batch_size)
-    z = torch.randn(config.batch_size, config.latent_dim, device=real.device)
-    with torch.no_grad():
-        fake = generator(z)
+def critic_objective(config: TrainConfig, critic, real, fake, eps=None):
+    """The critic loss of Algorithm 1, line 7, averaged over the batch (line 9):
+    mean D(fake) - mean D(real) + the gradient penalty. Returns (loss, detached terms).
+
+    Under DistributedDataParallel `critic` is the wrapped module: both forwards and the
+    penalty's double backward (create_graph=True) go through it, and DDP averages the
+    weight gradients of the final backward over ranks. `autograd.grad` w.r.t. the input
+    does not fire DDP's gradient hooks, so each weight is reduced exactly once."""
     scores = critic(torch.cat([real, fake]))
     critic_real, critic_fake = scores[: len(real)].mean(), scores[len(real):].mean()
     penalty, norms = gradient_penalty(
         critic, real, fake, config.loss, config.lam, config.lipschitz_target, config.one_sided,
-        config.density_at, config.alpha, config.neighborhood, config.gamma)
+        config.density_at, config.alpha, config.neighborhood, config.gamma, eps=eps)
     critic_loss = critic_fake - critic_real + penalty
+    return critic_loss, dict(critic_loss=critic_loss.detach(), penalty=penalty.detach(),
+                             wasserstein=(critic_real - critic_fake).detach(),
+                             grad_norm=norms.mean())
+
+
+def critic_step(config: TrainConfig, generator, critic, critic_opt, images,
+                batch_size: int | None = None):
+    """One critic update of Algorithm 1 (lines 3-9), up to the optimizer step. Returns
+    detached loss terms. `batch_size` is this process's share under DDP (default: all)."""
+    batch_size = batch_size or config.batch_size
+    real = sample_batch(images, batch_size)
+    z = torch.randn(batch_size, config.latent_dim, device=real.device)
+    with torch.no_grad():
+        fake = generator(z)
+    critic_loss, terms = critic_objective(config, critic, real, fake)
     critic_opt.zero_grad(set_to_none=True)
     critic_loss.backward()
-    return dict(critic_loss=critic_loss.detach(), penalty=penalty.detach(),
-                wasserstein=(critic_real - critic_fake).detach(), grad_norm=norms.mean())
+    return terms
 
 
-def generator_step(config: TrainConfig, generator, critic, generator_opt, device):
-    """The generator update of Algorithm 1 (lines 11-12)."""
-    z = torch.randn(config.batch_size, config.latent_dim, device=device)
+def generator_step(config: TrainConfig, generator, critic, generator_opt, device,
+                   batch_size: int | None = None):
+    """The generator update of Algorithm 1 (lines 11-12), up to the optimizer step. Under
+    DDP `generator` is the wrapped module and `critic` the plain one: the critic gets no
+    gradient here, and a DDP critic would wait for gradients that never come."""
+    z = torch.randn(batch_size or config.batch_size, config.latent_dim, device=device)
     critic.requires_grad_(False)
     generator_loss = -critic(generator(z)).mean()
     critic.requires_grad_(True)
@@ -572,11 +594,67 @@ def _checkpoint_dict(state: TrainState, config: TrainConfig) -> dict:
                 version=1)
 
 
+# -- distributed data parallel (torchrun) --
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    owns_group: bool = False  # train() opened the process group, so it closes it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[DistributedContext, torch.device]:
+    """Join the process group that `torchrun` describes (WORLD_SIZE > 1 in the
+    environment): NCCL with the GPU of LOCAL_RANK on CUDA, gloo on CPU. A group the caller
+    already opened is used as is. One process: (DistributedContext(), device)."""
+    import torch.distributed as dist
+
+    joined = dist.is_available() and dist.is_initialized()
+    if not joined and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistributedContext(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not joined:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), not joined), device
+
+
+def _mean_over_ranks(terms: dict, ctx: DistributedContext) -> dict:
+    """Average the detached loss terms over ranks, so that every rank logs the loss of the
+    whole batch and takes the same NaN decision (a rank that skips a step alone would
+    fall out of step with the others)."""
+    if ctx.world_size == 1:
+        return terms
+    import torch.distributed as dist
+
+    names = sorted(terms)
+    values = torch.stack([terms[name].float().reshape(()) for name in names])
+    dist.all_reduce(values)
+    return dict(zip(names, (values / ctx.world_size).unbind()))
+
+
 def train(config: TrainConfig, progress: bool = True) -> TrainState:
     """Algorithm 1. Resumes from OUT/checkpoint.pt when it exists; writes metrics.jsonl,
-    samples/ and checkpoints into config.out."""
+    samples/ and checkpoints into config.out.
+
+    Under `torchrun --nproc_per_node=N wwgan.py train ...` it runs DistributedDataParallel:
+    each rank draws its own batch_size / N real images, latents and eps (its own RNG
+    stream), DDP averages the gradients, so a step equals one step on the whole batch;
+    rank 0 alone writes files. On CUDA the generator's BatchNorm becomes SyncBatchNorm
+    (statistics over the whole batch, as in one process); on CPU (gloo, no SyncBatchNorm)
+    each rank normalizes with its own share's statistics."""
     out = Path(config.out)
-    device = select_device(config.device)
+    ctx, device = init_distributed(select_device(config.device))
+    if config.batch_size % ctx.world_size:
+        raise WWGANError(f"batch size {config.batch_size} does not split over "
+                         f"{ctx.world_size} processes; use a multiple of {ctx.world_size}")
+    local_batch = config.batch_size // ctx.world_size
     out.mkdir(parents=True, exist_ok=True)
     images = load_dataset(config)
     if tuple(images.shape[1:]) != (config.channels, config.image_size, config.image_size):
@@ -586,6 +664,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
 
     seed_everything(config.seed)
     generator, critic = build_models(config)
+    if ctx.world_size > 1 and device.type == "cuda":
+        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
     generator, critic = generator.to(device), critic.to(device)
     generator_opt, critic_opt = make_optimizers(config, generator, critic)
     state = TrainState(generator, critic, generator_opt, critic_opt)
@@ -604,17 +684,31 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
         critic_opt.load_state_dict(checkpoint["critic_opt"])
         state.iteration, state.train_seconds = checkpoint["iteration"], checkpoint["train_seconds"]
         set_rng_state(checkpoint["rng"])
-        _truncate_metrics(out / "metrics.jsonl", state.iteration)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    (out / "samples").mkdir(exist_ok=True)
-    if config.snapshot_every:
-        (out / "snapshots").mkdir(exist_ok=True)
+        if ctx.is_main:
+            _truncate_metrics(out / "metrics.jsonl", state.iteration)
+    # Model weights come from rank 0 (DDP broadcasts them); data, latents and eps must not.
+    ddp_generator, ddp_critic = generator, critic
+    if ctx.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if ctx.rank > 0:
+            stream = np.random.SeedSequence([config.seed, ctx.rank, state.iteration])
+            seed_everything(int(stream.generate_state(1)[0]))
+        device_ids = [device.index] if device.type == "cuda" else None
+        ddp_generator = DDP(generator, device_ids=device_ids)
+        ddp_critic = DDP(critic, device_ids=device_ids)
+    if ctx.is_main:
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        (out / "samples").mkdir(exist_ok=True)
+        if config.snapshot_every:
+            (out / "snapshots").mkdir(exist_ok=True)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.iterations, initial=state.iteration, disable=not progress,
+    bar = tqdm(total=config.iterations, initial=state.iteration,
+               disable=not (progress and ctx.is_main),
                desc=f"{config.loss} {config.dataset}", dynamic_ncols=True)
-    metrics_file = open(out / "metrics.jsonl", "a")
+    metrics_file = open(out / "metrics.jsonl", "a") if ctx.is_main else None
     try:
         while state.iteration < config.iterations:
             started = time.perf_counter()
@@ -626,17 +720,24 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
                      or _is_interval(next_it, config.log_every)
                      or _is_interval(next_it, config.checkpoint_every))
             for _ in range(config.n_critic):
-                terms = critic_step(config, generator, critic, critic_opt, images)
-                if check and not _check_step(config, state, terms, ckpt_path):
-                    continue
+                terms = critic_step(config, generator, ddp_critic, critic_opt, images, local_batch)
+                if check:
+                    terms = _mean_over_ranks(terms, ctx)
+                    if not _check_step(config, state, terms, ckpt_path):
+                        continue
                 critic_opt.step()
-            g_terms = generator_step(config, generator, critic, generator_opt, device)
+            g_terms = generator_step(config, ddp_generator, critic, generator_opt, device,
+                                     local_batch)
+            if check:
+                g_terms = _mean_over_ranks(g_terms, ctx)
             if not check or _check_step(config, state, g_terms, ckpt_path):
                 generator_opt.step()
             state.train_seconds += time.perf_counter() - started
             state.iteration += 1
             bar.update(1)
             it = state.iteration
+            if not ctx.is_main:
+                continue
             if _is_interval(it, config.log_every) or it == config.iterations:
                 row = {k: float(v) for k, v in {**terms, **g_terms}.items()}
                 row.update(iteration=it, train_seconds=round(state.train_seconds, 4))
@@ -654,8 +755,13 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
             if _is_interval(it, config.checkpoint_every) or it == config.iterations:
                 atomic_torch_save(_checkpoint_dict(state, config), ckpt_path, keep_previous=True)
     finally:
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
         bar.close()
+        if ctx.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return state
 
 
