@@ -120,23 +120,30 @@ def test_invalid_config_is_rejected_before_anything_runs(tmp_path):
 
 
 def test_rerun_recomputes_nothing_and_a_changed_setting_reruns_only_its_runs(tmp_path):
-    tiny = ["--config", "preset=smoke", "seeds=[0]", "train={iterations: 2, snapshot_every: 1}",
-            "critic_runs={iterations: 2}"]
+    tiny = ["--config", "preset=smoke", "seeds=[0]", "losses=[wwgan]",
+            "train={iterations: 2, snapshot_every: 1}", "critic_runs={iterations: 2}"]
     done = snakemake(tmp_path, "--cores", "2", "--until", "train", *tiny)
     assert done.returncode == 0, done.stdout + done.stderr
-    markers = sorted(tmp_path.glob("results/smoke/runs/*/shapes/*/*/seed0/train.done"))
-    assert len(markers) == 4  # {fid, critic} x {wgan-gp, wwgan}
+    markers = sorted(tmp_path.glob("results/smoke/runs/*/shapes/wwgan/*/seed0/train.done"))
+    assert [m.parts[-6] for m in markers] == ["critic", "fid"]
     assert all((m.parent / "checkpoint.pt").exists() for m in markers)
 
     again = snakemake(tmp_path, "-n", "--cores", "2", "--until", "train", *tiny)
     assert again.returncode == 0 and job_counts(again.stdout).get("train", 0) == 0
 
-    changed = snakemake(tmp_path, "-n", "--cores", "2", "--until", "train", *tiny,
-                        'loss_args={wwgan: "--lipschitz-target 2.0"}')
-    assert job_counts(changed.stdout)["train"] == 2
-    planned = re.findall(r"output: (\S+/train\.done)", changed.stdout)
-    assert len(planned) == 2 and all("/wwgan/" in path for path in planned)
-    assert not any(Path(tmp_path, path).exists() for path in planned)  # new run directories
+    # the critic runs' optimizer is part of their identity only: they alone retrain, into
+    # a new directory; the FID run is untouched
+    changed = snakemake(tmp_path, "-n", "--cores", "2", "--until", "train", *tiny[:-1],
+                        "critic_runs={iterations: 2, optimizer: fid}")
+    assert job_counts(changed.stdout)["train"] == 1
+    (planned,) = re.findall(r"output: (\S+/train\.done)", changed.stdout)
+    assert "/critic/" in planned and not (tmp_path / planned).exists()
+
+    # more iterations: the same run directories, resumed and extended (params trigger)
+    longer = snakemake(tmp_path, "-n", "--cores", "2", "--until", "train", *tiny[:-2],
+                       "train={iterations: 4, snapshot_every: 1}", "critic_runs={iterations: 2}")
+    assert re.findall(r"output: (\S+/train\.done)", longer.stdout) == [
+        str(markers[1].relative_to(tmp_path))]
 
 
 @pytest.mark.slow
@@ -156,6 +163,13 @@ def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
     assert re.search(r"± [\d.e+-]+ \(n=2\)", table)  # 2 seeds give a confidence interval
     again = snakemake(tmp_path, "-n", "--cores", "2", "--config", "preset=smoke")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # a changed WWGAN setting reruns the WWGAN runs and what reads them, nothing else
+    changed = snakemake(tmp_path, "-n", "--cores", "2", "--config", "preset=smoke",
+                        'loss_args={wwgan: "--lipschitz-target 2.0"}')
+    counts = job_counts(changed.stdout)
+    assert counts["train"] == 4 and counts["fid_curve"] == 4 and counts["samples"] == 1
+    assert "neighbours" not in counts and "motivating_example" not in counts
+    assert not re.search(r"output: \S+/wgan-gp/", changed.stdout)
 
 
 # ---------------------------------------------------------------------------------------
