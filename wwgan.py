@@ -863,7 +863,8 @@ def gradient_norm(grad: torch.Tensor, loss: str, density: torch.Tensor | None = 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                      loss: str = "wwgan", lam: float = 10.0, target: float = 1.0,
                      one_sided: bool = False, density_at: str = "interpolate",
-                     alpha: float = 1.0, neighborhood: int = 4, gamma: float = 1.0):
+                     alpha: float = 1.0, neighborhood: int = 4, gamma: float = 1.0,
+                     eps: torch.Tensor | None = None):
     """The gradient penalty of `loss` at x_hat = eps * real + (1 - eps) * fake, eps ~ U[0, 1]
     per sample (uniform on the straight line between a real and a fake sample):
 
@@ -874,12 +875,14 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
     - "wwgan-authors": the same with the authors' code's quadratic form.
 
     `target` replaces the 1 (see README: the Def. 10 norm of a fresh critic is ~40x its
-    L2 norm); `one_sided` uses max(0, . - target)^2 for the W2 losses.
+    L2 norm); `one_sided` uses max(0, . - target)^2 for the W2 losses. `eps` (B, 1, 1, 1)
+    fixes the interpolation weights (tests of distributed training); drawn when None.
     Returns (penalty, gradient_norms) with the norms detached, for logging.
     """
     if real.shape != fake.shape:
         raise ValueError(f"real and fake batches differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
-    eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    if eps is None:
+        eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
     x_hat = eps * real.detach() + (1.0 - eps) * fake.detach()
     grad = critic_input_gradient(critic, x_hat)
     density = None
@@ -903,27 +906,46 @@ def make_optimizers(config: TrainConfig, generator: nn.Module, critic: nn.Module
             torch.optim.Adam(critic.parameters(), lr=config.lr, betas=betas))
 
 
-def critic_step(config: TrainConfig, generator, critic, critic_opt, images):
-    """One critic update of Algorithm 1 (lines 3-9). Returns detached loss terms."""
-    real = sample_batch(images, config.batch_size)
-    z = torch.randn(config.batch_size, config.latent_dim, device=real.device)
-    with torch.no_grad():
-        fake = generator(z)
+def critic_objective(config: TrainConfig, critic, real, fake, eps=None):
+    """The critic loss of Algorithm 1, line 7, averaged over the batch (line 9):
+    mean D(fake) - mean D(real) + the gradient penalty. Returns (loss, detached terms).
+
+    Under DistributedDataParallel `critic` is the wrapped module: both forwards and the
+    penalty's double backward (create_graph=True) go through it, and DDP averages the
+    weight gradients of the final backward over ranks. `autograd.grad` w.r.t. the input
+    does not fire DDP's gradient hooks, so each weight is reduced exactly once."""
     scores = critic(torch.cat([real, fake]))
     critic_real, critic_fake = scores[: len(real)].mean(), scores[len(real):].mean()
     penalty, norms = gradient_penalty(
         critic, real, fake, config.loss, config.lam, config.lipschitz_target, config.one_sided,
-        config.density_at, config.alpha, config.neighborhood, config.gamma)
+        config.density_at, config.alpha, config.neighborhood, config.gamma, eps=eps)
     critic_loss = critic_fake - critic_real + penalty
+    return critic_loss, dict(critic_loss=critic_loss.detach(), penalty=penalty.detach(),
+                             wasserstein=(critic_real - critic_fake).detach(),
+                             grad_norm=norms.mean())
+
+
+def critic_step(config: TrainConfig, generator, critic, critic_opt, images,
+                batch_size: int | None = None):
+    """One critic update of Algorithm 1 (lines 3-9), up to the optimizer step. Returns
+    detached loss terms. `batch_size` is this process's share under DDP (default: all)."""
+    batch_size = batch_size or config.batch_size
+    real = sample_batch(images, batch_size)
+    z = torch.randn(batch_size, config.latent_dim, device=real.device)
+    with torch.no_grad():
+        fake = generator(z)
+    critic_loss, terms = critic_objective(config, critic, real, fake)
     critic_opt.zero_grad(set_to_none=True)
     critic_loss.backward()
-    return dict(critic_loss=critic_loss.detach(), penalty=penalty.detach(),
-                wasserstein=(critic_real - critic_fake).detach(), grad_norm=norms.mean())
+    return terms
 
 
-def generator_step(config: TrainConfig, generator, critic, generator_opt, device):
-    """The generator update of Algorithm 1 (lines 11-12)."""
-    z = torch.randn(config.batch_size, config.latent_dim, device=device)
+def generator_step(config: TrainConfig, generator, critic, generator_opt, device,
+                   batch_size: int | None = None):
+    """The generator update of Algorithm 1 (lines 11-12), up to the optimizer step. Under
+    DDP `generator` is the wrapped module and `critic` the plain one: the critic gets no
+    gradient here, and a DDP critic would wait for gradients that never come."""
+    z = torch.randn(batch_size or config.batch_size, config.latent_dim, device=device)
     critic.requires_grad_(False)
     generator_loss = -critic(generator(z)).mean()
     critic.requires_grad_(True)
@@ -1053,11 +1075,67 @@ def _checkpoint_dict(state: TrainState, config: TrainConfig) -> dict:
                 version=1)
 
 
+# -- distributed data parallel (torchrun) --
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    owns_group: bool = False  # train() opened the process group, so it closes it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[DistributedContext, torch.device]:
+    """Join the process group that `torchrun` describes (WORLD_SIZE > 1 in the
+    environment): NCCL with the GPU of LOCAL_RANK on CUDA, gloo on CPU. A group the caller
+    already opened is used as is. One process: (DistributedContext(), device)."""
+    import torch.distributed as dist
+
+    joined = dist.is_available() and dist.is_initialized()
+    if not joined and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistributedContext(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not joined:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), not joined), device
+
+
+def _mean_over_ranks(terms: dict, ctx: DistributedContext) -> dict:
+    """Average the detached loss terms over ranks, so that every rank logs the loss of the
+    whole batch and takes the same NaN decision (a rank that skips a step alone would
+    fall out of step with the others)."""
+    if ctx.world_size == 1:
+        return terms
+    import torch.distributed as dist
+
+    names = sorted(terms)
+    values = torch.stack([terms[name].float().reshape(()) for name in names])
+    dist.all_reduce(values)
+    return dict(zip(names, (values / ctx.world_size).unbind()))
+
+
 def train(config: TrainConfig, progress: bool = True) -> TrainState:
     """Algorithm 1. Resumes from OUT/checkpoint.pt when it exists; writes metrics.jsonl,
-    samples/ and checkpoints into config.out."""
+    samples/ and checkpoints into config.out.
+
+    Under `torchrun --nproc_per_node=N wwgan.py train ...` it runs DistributedDataParallel:
+    each rank draws its own batch_size / N real images, latents and eps (its own RNG
+    stream), DDP averages the gradients, so a step equals one step on the whole batch;
+    rank 0 alone writes files. On CUDA the generator's BatchNorm becomes SyncBatchNorm
+    (statistics over the whole batch, as in one process); on CPU (gloo, no SyncBatchNorm)
+    each rank normalizes with its own share's statistics."""
     out = Path(config.out)
-    device = select_device(config.device)
+    ctx, device = init_distributed(select_device(config.device))
+    if config.batch_size % ctx.world_size:
+        raise WWGANError(f"batch size {config.batch_size} does not split over "
+                         f"{ctx.world_size} processes; use a multiple of {ctx.world_size}")
+    local_batch = config.batch_size // ctx.world_size
     images = load_dataset(config)  # before creating OUT: missing data leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     if tuple(images.shape[1:]) != (config.channels, config.image_size, config.image_size):
@@ -1067,6 +1145,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
 
     seed_everything(config.seed)
     generator, critic = build_models(config)
+    if ctx.world_size > 1 and device.type == "cuda":
+        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
     generator, critic = generator.to(device), critic.to(device)
     generator_opt, critic_opt = make_optimizers(config, generator, critic)
     state = TrainState(generator, critic, generator_opt, critic_opt)
@@ -1087,17 +1167,31 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
         critic_opt.load_state_dict(checkpoint["critic_opt"])
         state.iteration, state.train_seconds = checkpoint["iteration"], checkpoint["train_seconds"]
         set_rng_state(checkpoint["rng"])
-        _truncate_metrics(out / "metrics.jsonl", state.iteration)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    (out / "samples").mkdir(exist_ok=True)
-    if config.snapshot_every:
-        (out / "snapshots").mkdir(exist_ok=True)
+        if ctx.is_main:
+            _truncate_metrics(out / "metrics.jsonl", state.iteration)
+    # Model weights come from rank 0 (DDP broadcasts them); data, latents and eps must not.
+    ddp_generator, ddp_critic = generator, critic
+    if ctx.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if ctx.rank > 0:
+            stream = np.random.SeedSequence([config.seed, ctx.rank, state.iteration])
+            seed_everything(int(stream.generate_state(1)[0]))
+        device_ids = [device.index] if device.type == "cuda" else None
+        ddp_generator = DDP(generator, device_ids=device_ids)
+        ddp_critic = DDP(critic, device_ids=device_ids)
+    if ctx.is_main:
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        (out / "samples").mkdir(exist_ok=True)
+        if config.snapshot_every:
+            (out / "snapshots").mkdir(exist_ok=True)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.iterations, initial=state.iteration, disable=not progress,
+    bar = tqdm(total=config.iterations, initial=state.iteration,
+               disable=not (progress and ctx.is_main),
                desc=f"{config.loss} {config.dataset}", dynamic_ncols=True)
-    metrics_file = open(out / "metrics.jsonl", "a")
+    metrics_file = open(out / "metrics.jsonl", "a") if ctx.is_main else None
     try:
         while state.iteration < config.iterations:
             started = time.perf_counter()
@@ -1109,17 +1203,24 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
                      or _is_interval(next_it, config.log_every)
                      or _is_interval(next_it, config.checkpoint_every))
             for _ in range(config.n_critic):
-                terms = critic_step(config, generator, critic, critic_opt, images)
-                if check and not _check_step(config, state, terms, ckpt_path):
-                    continue
+                terms = critic_step(config, generator, ddp_critic, critic_opt, images, local_batch)
+                if check:
+                    terms = _mean_over_ranks(terms, ctx)
+                    if not _check_step(config, state, terms, ckpt_path):
+                        continue
                 critic_opt.step()
-            g_terms = generator_step(config, generator, critic, generator_opt, device)
+            g_terms = generator_step(config, ddp_generator, critic, generator_opt, device,
+                                     local_batch)
+            if check:
+                g_terms = _mean_over_ranks(g_terms, ctx)
             if not check or _check_step(config, state, g_terms, ckpt_path):
                 generator_opt.step()
             state.train_seconds += time.perf_counter() - started
             state.iteration += 1
             bar.update(1)
             it = state.iteration
+            if not ctx.is_main:
+                continue
             if _is_interval(it, config.log_every) or it == config.iterations:
                 row = {k: float(v) for k, v in {**terms, **g_terms}.items()}
                 row.update(iteration=it, train_seconds=round(state.train_seconds, 4))
@@ -1137,8 +1238,13 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
             if _is_interval(it, config.checkpoint_every) or it == config.iterations:
                 atomic_torch_save(_checkpoint_dict(state, config), ckpt_path, keep_previous=True)
     finally:
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
         bar.close()
+        if ctx.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return state
 
 
@@ -2265,6 +2371,241 @@ def fid_curve_command(run_dir, stats, dataset, data_root, num_samples, swd_image
 def samples_command(run_dir, out, num, seed, device):
     """An 8x8 grid of samples of RUN's latest generator (eval mode), [-1, 1] -> [0, 255]."""
     click.echo(f"wrote {write_sample_grid(run_dir, out, num, seed, select_device(device))}")
+
+# -- results table (workflow: `wwgan table`) --
+
+# The few numbers the paper prints; the rest of its results are figures. Sec. 4.1-4.2
+# train both critics "until the generator reached an FID of about 40" with the
+# robustness Adam preset (Supp. Appendix C); Fig. 6's caption gives average epoch
+# wall-clock times of 218.1 s (WWGAN) and 236.9 s (WGAN-GP), dataset and GPU unstated.
+PAPER_EPOCH_SECONDS = {"wwgan": 218.1, "wgan-gp": 236.9}
+PAPER_NOTES = {
+    "FID robustness": "≈ 40 for both (Sec. 4.1-4.2)",
+    "FID": "curves only (Fig. 6): comparable",
+    "epoch seconds": "WWGAN 218.1, WGAN-GP 236.9 (Fig. 6; dataset, GPU unstated)",
+    "epoch time ratio": f"{218.1 / 236.9:.3f} (218.1 / 236.9, Fig. 6)",
+    "shift continuity": "no number (Fig. 4: WWGAN continuous, WGAN-GP oscillates)",
+    "noise separation": "no number (Fig. 5: WGAN-GP separates noisy/clean, WWGAN less)",
+    "neighbour class share": "no number (Fig. 1: W2 neighbours look more alike)",
+}
+# Training-set sizes for "epoch" as the authors' train.py counts it: one critic batch per
+# loader step, so an epoch is N / (batch_size * n_critic) generator iterations. shapes:
+# load_dataset's default size.
+TRAINING_SET_SIZES = {"cifar10": 50_000, "celeba": 202_599, "shapes": 4096}
+TABLE_METRICS = ("FID", "sliced Wasserstein distance", "seconds per epoch",
+                 "epoch time WWGAN / WGAN-GP", "shift continuity", "noise separation")
+
+
+def mean_ci95(values) -> tuple[float, float | None]:
+    """Mean and half-width of the two-sided 95% Student t interval of the mean (n - 1
+    degrees of freedom); no interval (None) for a single value."""
+    from scipy import stats
+
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("no values")
+    if x.size < 2:
+        return float(x.mean()), None
+    half = stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return float(x.mean()), float(half)
+
+
+def _number(value) -> float | None:
+    """A finite float, or None for blanks, NaN and things that are not numbers."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _optimizer_name(run_config: dict) -> str:
+    adam = tuple(_number(run_config.get(k)) for k in ("lr", "beta1", "beta2"))
+    for name, preset in OPTIMIZER_PRESETS.items():
+        if adam == (preset["lr"], preset["beta1"], preset["beta2"]):
+            return name
+    return "custom"
+
+
+def _fid_curve_records(path: Path) -> list[dict]:
+    """Final FID, SWD and epoch time of one run from RUN/fid_curve.csv (its last row)
+    and RUN/config.json (loss, seed, dataset, batch, n_critic, Adam preset)."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = [row for row in csv.DictReader(f) if _number(row.get("iteration")) is not None]
+    if not rows:
+        raise WWGANError(f"{path}: no rows with an iteration; rerun `wwgan fid-curve`")
+    last = max(rows, key=lambda row: _number(row["iteration"]))
+    config_path = path.parent / "config.json"
+    run = json.loads(config_path.read_text()) if config_path.exists() else {}
+    optimizer = _optimizer_name(run)
+    base = dict(loss=run.get("loss", "?"), seed=run.get("seed"),
+                setting=f"{run.get('dataset', path.parent.name)}, {optimizer} Adam preset")
+    fid_note = "FID robustness" if optimizer == "robustness" else "FID"
+    records = [dict(base, metric=metric, value=_number(last.get(column)), paper=note)
+               for metric, column, note in (("FID", "fid", fid_note),
+                                            ("sliced Wasserstein distance", "swd", None))]
+    iteration, seconds = _number(last.get("iteration")), _number(last.get("train_seconds"))
+    images = run.get("max_images") or TRAINING_SET_SIZES.get(run.get("dataset"))
+    if iteration and seconds is not None and images and "batch_size" in run:
+        per_epoch = images / (run["batch_size"] * run.get("n_critic", 5))
+        records.append(dict(base, metric="seconds per epoch", value=seconds / iteration * per_epoch,
+                            paper="epoch seconds"))
+    return [r for r in records if r["value"] is not None]
+
+
+def _experiment_records(path: Path, data: dict, metric: str, field: str) -> list[dict]:
+    """One record per critic from {"runs": [{"loss", "seed", FIELD, ...}, ...]}."""
+    runs = data.get("runs") if isinstance(data, dict) else data
+    setting = data.get("dataset", "critic runs") if isinstance(data, dict) else "critic runs"
+    records = []
+    for run in runs if isinstance(runs, list) else []:
+        value = _number(run.get(field)) if isinstance(run, dict) else None
+        if value is not None:
+            records.append(dict(metric=metric, setting=str(setting), loss=run.get("loss", "?"),
+                                seed=run.get("seed"), value=value, paper=metric))
+    if not records:
+        click.echo(f"wwgan: warning: {path}: no runs[*].{field} numbers; not tabulated", err=True)
+    return records
+
+
+def results_records(paths) -> tuple[list[dict], dict]:
+    """Per-run records (metric, setting, loss, seed, value, paper) from result files, and
+    the neighbour class shares {"L2": [...], "W2": [...]}."""
+    records, shares = [], {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise WWGANError(f"{path}: no such result file")
+        known = "fid_curve.csv, shift.json, noise.json, neighbours.json"
+        if path.suffix == ".csv":
+            records += _fid_curve_records(path)
+            continue
+        name = path.stem.lower()
+        if path.suffix != ".json" or not any(k in name for k in ("shift", "noise", "neighbo")):
+            raise WWGANError(f"{path}: not a result file the table knows ({known})")
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as exc:
+            raise WWGANError(f"{path}: not valid JSON ({exc})")
+        if "shift" in name:
+            records += _experiment_records(path, data, "shift continuity", "continuity")
+        elif "noise" in name:
+            records += _experiment_records(path, data, "noise separation", "separation")
+        elif "neighbo" in name:
+            for metric, key in (("L2", "l2_class_share"), ("W2", "w2_class_share")):
+                value = data.get(key) if isinstance(data, dict) else None
+                values = value if isinstance(value, list) else [value]
+                values = [v for v in map(_number, values) if v is not None]
+                if values:
+                    shares[metric] = values
+    return records, shares
+
+
+def _epoch_ratio_records(records: list[dict]) -> list[dict]:
+    """WWGAN / WGAN-GP epoch time per seed (runs paired by seed within a setting)."""
+    times = {(r["setting"], r["loss"], r["seed"]): r["value"] for r in records
+             if r["metric"] == "seconds per epoch"}
+    return [dict(metric="epoch time WWGAN / WGAN-GP", setting=setting, loss="wwgan", seed=seed,
+                 value=value / times[(setting, "wgan-gp", seed)], paper="epoch time ratio")
+            for (setting, loss, seed), value in times.items()
+            if loss == "wwgan" and times.get((setting, "wgan-gp", seed))]
+
+
+def _format_estimate(values: list[float]) -> str:
+    mean, half = mean_ci95(values)
+    return f"{mean:.4g} (n=1)" if half is None else f"{mean:.4g} ± {half:.2g} (n={len(values)})"
+
+
+def _csv_row(metric: str, setting: str, loss: str, values: list[float], paper: str) -> dict:
+    mean, half = mean_ci95(values)
+    return dict(metric=metric, setting=setting, loss=loss, n=len(values), mean=mean,
+                ci95="" if half is None else half, values=";".join(f"{v:.6g}" for v in values),
+                paper=paper)
+
+
+def _machine() -> str:
+    import platform
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, {gpu}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
+    """Markdown table OUT (.md) and its long-form CSV beside it: mean ± 95% CI over seeds
+    per metric, setting and loss, with the paper's value where it prints one."""
+    import csv
+    import datetime
+
+    records, shares = results_records(paths)
+    records += _epoch_ratio_records(records)
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["metric"], r["setting"]), {}).setdefault(r["loss"], []).append(r)
+    losses = [loss for loss in LOSSES if any(loss in g for g in groups.values())]
+    losses += sorted({loss for g in groups.values() for loss in g} - set(losses))
+    names = {"wgan-gp": "WGAN-GP", "wwgan": "WWGAN", "lp": "LP", "wwgan-authors": "WWGAN (authors)"}
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["# wwgan results", "",
+             f"Made {when} by `{command or 'wwgan table'}` on {_machine()}.",
+             "Cells: mean ± half-width of the 95% Student t confidence interval over seeds "
+             "(n runs); n=1: no interval.", "",
+             "| metric | setting | " + " | ".join(names.get(l, l) for l in losses) + " | paper |",
+             "|---|---|" + "---|" * len(losses) + "---|"]
+    settings = list(dict.fromkeys(setting for _, setting in groups))
+    order = sorted(groups, key=lambda key: (settings.index(key[1]), TABLE_METRICS.index(key[0])))
+    csv_rows = []
+    for metric, setting in order:
+        by_loss = groups[(metric, setting)]
+        paper = PAPER_NOTES.get(next(r["paper"] for rs in by_loss.values() for r in rs), "")
+        cells = []
+        for loss in losses:
+            values = [r["value"] for r in by_loss.get(loss, [])]
+            cells.append(_format_estimate(values) if values else "")
+            if values:
+                csv_rows.append(_csv_row(metric, setting, loss, values, paper))
+        lines.append(f"| {metric} | {setting} | " + " | ".join(cells) + f" | {paper} |")
+    if shares:
+        paper = PAPER_NOTES["neighbour class share"]
+        lines += ["", "Nearest neighbours (Fig. 1): share of a query's neighbours in its class.",
+                  "", "| ground metric | class share | paper |", "|---|---|---|"]
+        for metric, values in shares.items():
+            lines.append(f"| {metric} | {_format_estimate(values)} | {paper} |")
+            csv_rows.append(_csv_row("neighbour class share", metric, "", values, paper))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    csv_path = out.with_suffix(".csv")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["metric", "setting", "loss", "n", "mean", "ci95",
+                                               "values", "paper"])
+        writer.writeheader()
+        writer.writerows(csv_rows)
+    return [out, csv_path]
+
+
+@cli.command("table")
+@click.option("--input", "inputs", multiple=True, required=True, type=click.Path(exists=True),
+              help="Result files: RUN/fid_curve.csv (with RUN/config.json), shift.json, "
+                   "noise.json, neighbours.json.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Markdown table; the CSV goes beside it (same name, .csv).")
+@click.option("--command", default="", help="The command that produced the results, "
+              "recorded in the table's header.")
+def table_command(inputs, out, command):
+    """Results table: mean ± 95% CI over seeds for every metric, beside the paper's values.
+
+    \b
+    Reads (missing fields are skipped with a warning, other files are an error):
+      RUN/fid_curve.csv  last row's fid, swd, train_seconds, iteration; loss, seed,
+                         dataset, batch_size, n_critic, lr/betas from RUN/config.json
+      shift.json         runs[*].{loss, seed, continuity}  (optional top-level dataset)
+      noise.json         runs[*].{loss, seed, separation}  (optional top-level dataset)
+      neighbours.json    {l2_class_share, w2_class_share}: numbers or per-query lists
+    """
+    for path in write_results_table(inputs, Path(out), command):
+        click.echo(f"wrote {path}")
 
 
 # (cli: benchmark commands)
