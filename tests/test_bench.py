@@ -141,7 +141,7 @@ def test_bench_quick_writes_every_item(tmp_path, monkeypatch, capsys):
     throughput = report["items"]["throughput"]
     for clock in ("wall", "cpu"):
         critic = report["items"]["critic_step"]["sizes"]["16"][clock]
-        assert set(critic["seconds"]) == {"wgan-gp", "lp", "wwgan"}
+        assert set(critic["seconds"]) == {"wgan-gp", "wgan-gp-control", "lp", "wwgan"}
         for spread in [*critic["seconds"].values(), *critic["ratio_to_wgan_gp"].values()]:
             _check_spread(spread)
         for mode in ("forward", "forward_backward"):
@@ -159,6 +159,11 @@ def test_bench_quick_writes_every_item(tmp_path, monkeypatch, capsys):
     assert "skipped: image_w2_distance not available" in printed or \
         "image_w2: image_w2_distance not available" in printed
     assert f"wrote {out}" in printed
+    implied = report["derived"]["wwgan_over_wgan_gp"]["16"]["cpu"]
+    parts = quadratic["cpu"]["forward_backward"]["seconds"]
+    step = report["items"]["critic_step"]["sizes"]["16"]["cpu"]["seconds"]["wgan-gp"]
+    assert implied == pytest.approx(1 + (parts["slicing"]["median"] - parts["l2"]["median"])
+                                    / step["median"])
 
 
 def _exact_w2(a, b):
