@@ -228,10 +228,25 @@ def test_train_restores_global_backend_flags_on_cuda(tmp_path):
             torch.backends.cudnn.benchmark) == before
 
 
+def _biases_feeding_batchnorm(model: torch.nn.Module) -> set:
+    """Biases right before a BatchNorm: BN subtracts them again, so their gradient is zero
+    up to rounding, and Adam (which divides by the gradient's RMS) turns that rounding into
+    full-size steps. Eager and compiled rounding differ, so these (and the running means
+    they shift) differ by ~lr after a step; they are no measure of agreement."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, torch.nn.Sequential):
+            children = list(module.named_children())
+            for (name, _), (child_name, child) in zip(children, children[1:]):
+                if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+                    names |= {f"{prefix}.{name}.bias", f"{prefix}.{child_name}.running_mean"}
+    return names
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager_and_saves_plain_modules(tmp_path):
-    """`--compile` (about a minute of compilation on 2 CPU cores): same losses as eager,
-    and checkpoints hold the plain modules' weights, loadable by load_run."""
+    """`--compile` (about a minute of compilation on 2 CPU cores): same losses and weights as
+    eager, and checkpoints hold the plain modules' weights, loadable by load_run."""
     rows = {}
     for compile_ in (False, True):
         config = wwgan.TrainConfig(out=str(tmp_path / f"run{compile_}"), iterations=2,
@@ -244,7 +259,16 @@ def test_compiled_training_matches_eager_and_saves_plain_modules(tmp_path):
         for key in ("critic_loss", "penalty", "generator_loss"):
             assert compiled[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), key
     _, generator, critic = wwgan.load_run(tmp_path / "runTrue")
-    _, eager_generator, _ = wwgan.load_run(tmp_path / "runFalse")
-    for (name, got), (_, want) in zip(generator.state_dict().items(),
-                                      eager_generator.state_dict().items(), strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=name)
+    _, eager_generator, eager_critic = wwgan.load_run(tmp_path / "runFalse")
+    torch.manual_seed(config.seed)
+    initial_generator, _ = wwgan.build_models(config)
+    noisy = _biases_feeding_batchnorm(generator)
+    assert "preprocess.0.bias" in noisy
+    for compiled_model, eager_model in ((generator, eager_generator), (critic, eager_critic)):
+        for (name, got), (_, want) in zip(compiled_model.state_dict().items(),
+                                          eager_model.state_dict().items(), strict=True):
+            if name not in noisy:
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6,
+                                           msg=lambda m, name=name: f"{name}: {m}")
+    moved = generator.state_dict()["main.0.weight"] - initial_generator.state_dict()["main.0.weight"]
+    assert moved.abs().max() > 1e-5  # the compiled views trained the saved modules
