@@ -962,7 +962,7 @@ def _spread(samples) -> dict:
     values = np.asarray(list(samples), dtype=np.float64)
     return dict(median=float(np.median(values)), p25=float(np.percentile(values, 25)),
                 p75=float(np.percentile(values, 75)), min=float(values.min()),
-                max=float(values.max()), n=int(values.size))
+                max=float(values.max()), n=int(values.size), samples=values.tolist())
 
 
 def _paired_ratios(numerator: list, denominator: list) -> dict:
@@ -1216,12 +1216,14 @@ def bench_throughput(device: torch.device, image_size: int = 32, batch_size: int
     """Item 4: Algorithm 1's loop as train() runs it between log intervals (n_critic
     critic steps, one generator step, no host reads) on `shapes` data resident on the
     device, WGAN-GP vs WWGAN: generator iterations/s, images/s (batch * n_critic real
-    images per generator iteration) and the implied CIFAR-10 epoch (50,000 images)."""
+    images per generator iteration) and the implied CIFAR-10 epoch (50,000 images). A
+    second WGAN-GP run ("wgan-gp-control") gives the noise of the ratio, as in item 1."""
     rng = rng or random.Random(seed)
     images = make_shapes(max(8 * batch_size, 64), image_size, seed=1234).to(device)
     contenders = {}
-    for loss in ("wgan-gp", "wwgan"):
-        config = TrainConfig(loss=loss, image_size=image_size, batch_size=batch_size,
+    for loss in ("wgan-gp", "wgan-gp-control", "wwgan"):
+        config = TrainConfig(loss=loss.replace("-control", ""), image_size=image_size,
+                             batch_size=batch_size,
                              width=width, n_critic=n_critic, compile=compile,
                              device=str(device), seed=seed)
         seed_everything(seed)
@@ -1252,8 +1254,9 @@ def bench_throughput(device: torch.device, image_size: int = 32, batch_size: int
                 generator_iterations_per_second=1.0 / median,
                 images_per_second=batch_size * n_critic / median,
                 cifar10_epoch_seconds=CIFAR10_EPOCH_IMAGES / (batch_size * n_critic) * median)
-        result[clock] = dict(losses=losses, ratio_wwgan_to_wgan_gp=_paired_ratios(
-            times[clock]["wwgan"], times[clock]["wgan-gp"]))
+        result[clock] = dict(losses=losses, ratio_to_wgan_gp={
+            name: _paired_ratios(times[clock][name], times[clock]["wgan-gp"])
+            for name in ("wgan-gp-control", "wwgan")})
     return result
 
 
@@ -1428,13 +1431,13 @@ def format_bench_item(item: str, result: dict, device: torch.device) -> str:
         for clock in BENCH_CLOCKS:
             for loss, entry in result[clock]["losses"].items():
                 lines.append(
-                    f"  {clock:<5} {loss:<8} "
+                    f"  {clock:<5} {loss:<15} "
                     f"{_fmt_seconds(entry['seconds_per_generator_iteration'])} per generator "
                     f"iteration, {entry['generator_iterations_per_second']:.3g} it/s, "
                     f"{entry['images_per_second']:.4g} images/s, CIFAR-10 epoch "
                     f"{entry['cifar10_epoch_seconds']:.4g} s")
-            lines.append(f"  {clock:<5} wwgan / wgan-gp: "
-                         f"{_fmt_ratio(result[clock]['ratio_wwgan_to_wgan_gp'])}")
+            for name, ratio in result[clock]["ratio_to_wgan_gp"].items():
+                lines.append(f"  {clock:<5} {name} / wgan-gp: {_fmt_ratio(ratio)}")
     lines.append(f"  ({result['bench_seconds']} s)")
     return "\n".join(lines)
 

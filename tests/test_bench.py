@@ -86,7 +86,8 @@ def test_float32_implementations_agree_at_image_sizes(neighborhood, size):
     for name, fn in IMPLEMENTATIONS.items():
         value = fn(grad, density, 1.0, neighborhood)
         assert value.dtype == torch.float32
-        torch.testing.assert_close(value.double(), exact, rtol=1e-5, atol=0, msg=name)
+        torch.testing.assert_close(value.double(), exact, rtol=1e-5, atol=0,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_implementations_give_the_same_critic_update_through_double_backward():
@@ -123,6 +124,7 @@ def test_shape_mismatch_is_a_clear_error(name):
 def _check_spread(spread):
     assert spread["n"] >= 1
     assert 0 < spread["min"] <= spread["p25"] <= spread["median"] <= spread["p75"] <= spread["max"]
+    assert len(spread["samples"]) == spread["n"] and min(spread["samples"]) == spread["min"]
 
 
 def test_bench_quick_writes_every_item(tmp_path, monkeypatch, capsys):
@@ -148,7 +150,8 @@ def test_bench_quick_writes_every_item(tmp_path, monkeypatch, capsys):
             assert set(quadratic[clock][mode]["seconds"]) == set(wwgan.QUADRATIC_FORM_CONTENDERS)
             for spread in quadratic[clock][mode]["seconds"].values():
                 _check_spread(spread)
-        for loss in ("wgan-gp", "wwgan"):
+        assert set(throughput[clock]["ratio_to_wgan_gp"]) == {"wgan-gp-control", "wwgan"}
+        for loss in ("wgan-gp", "wgan-gp-control", "wwgan"):
             entry = throughput[clock]["losses"][loss]
             per_iteration = entry["seconds_per_generator_iteration"]["median"]
             assert entry["images_per_second"] == pytest.approx(
