@@ -1,3 +1,467 @@
-# Workflow stub: the full reproduction graph lands with the workflow issue.
+"""The whole reproduction of Dukler et al. (ICML 2019) as one Snakemake graph.
+
+    snakemake --cores all                          # preset "paper" (GPU; days)
+    snakemake --cores all --config preset=smoke    # same graph, tiny, offline, CPU
+    snakemake --profile profiles/slurm             # on a SLURM cluster
+
+data -> reference FID statistics -> training (FID runs: every dataset x loss x seed;
+critic runs for Sec. 4.1-4.2) -> FID/SWD curves -> shift, noise, neighbours and the
+motivating example -> every figure -> results table. Every step is one `wwgan` command
+(see `python wwgan.py --help`); settings live in config/config.yaml.
+"""
+
+import hashlib
+import os
+import shlex
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+validate(config, os.path.join(workflow.basedir, "config", "config.schema.yaml"))
+
+
+# ---------------------------------------------------------------------------------------
+# settings: the chosen preset, with top-level --config values merged over it
+# ---------------------------------------------------------------------------------------
+
+
+def _like(template, value):
+    """`--config` parses nested values as strings (YAML BaseLoader): give an override the
+    type of the preset value it replaces."""
+    if isinstance(value, dict) and isinstance(template, dict):
+        merged = dict(template)
+        for key, item in value.items():
+            merged[key] = _like(template.get(key), item)
+        return merged
+    if isinstance(value, list) and isinstance(template, list) and template:
+        return [_like(template[0], item) for item in value]
+    if isinstance(value, str) and not isinstance(template, str) and template is not None:
+        if isinstance(template, bool):
+            return {"true": True, "false": False}.get(value.lower(), value)
+        try:
+            return type(template)(value)
+        except ValueError:
+            return value
+    return value
+
+
+PRESET = config["preset"]
+if PRESET not in config["presets"]:
+    raise WorkflowError(
+        f"unknown preset {PRESET!r} in config/config.yaml; "
+        f"choose from {', '.join(config['presets'])}"
+    )
+S = dict(config["presets"][PRESET])
+for _key, _value in config.items():
+    if _key not in ("preset", "presets"):
+        S[_key] = _like(S.get(_key), _value)
+validate(S, os.path.join(workflow.basedir, "config", "settings.schema.yaml"))
+if S["train"]["snapshot_every"] > S["train"]["iterations"]:
+    raise WorkflowError("train.snapshot_every must not exceed train.iterations")
+
+RESULTS = f"results/{PRESET}"
+LOGS = f"logs/{PRESET}"
+FIGURES = S["figures_dir"].rstrip("/")
+DATA_ROOT = S["data_root"].rstrip("/")
+DOWNLOADABLE = ("cifar10", "celeba")
+ENV = "envs/wwgan.yaml"
+
+
+def _shell_prefix():
+    """Every rule runs `python -m wwgan ...`: wwgan.py is found through PYTHONPATH (also
+    with --directory elsewhere), and `python` is the conda env's under --sdm conda, else
+    the interpreter running Snakemake (so a virtualenv need not be activated). Keeping
+    both out of the rules' commands and params keeps a rerun from another checkout or
+    interpreter from retriggering every job. Progress bars are noise in log files."""
+    prefix = "set -euo pipefail; export TQDM_DISABLE=1; "
+    # Snakemake formats the prefix too: {{ }} here reaches bash as { }.
+    prefix += f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    methods = workflow.deployment_settings.deployment_method
+    if not any(str(m).upper().endswith("CONDA") for m in methods):
+        prefix += f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
+    return prefix
+
+
+shell.prefix(_shell_prefix())
+NPROC = S["train"]["nproc_per_node"]
+# Several processes per run: torchrun + DistributedDataParallel (NCCL on GPUs, gloo on
+# CPU); --standalone picks a free port, so concurrent runs on one node do not collide.
+TRAIN = (
+    "python -m wwgan"
+    if NPROC == 1
+    else f"python -m torch.distributed.run --standalone --nproc_per_node={NPROC} -m wwgan"
+)
+
+
+# ---------------------------------------------------------------------------------------
+# runs: results/<preset>/runs/<group>/<dataset>/<loss>/<hash>/seed<k>/
+# ---------------------------------------------------------------------------------------
+# group "fid": the FID runs of Fig. 6 (Appendix C's "fid" Adam preset, snapshots);
+# group "critic": the critics of the shift and noise experiments (Sec. 4.1-4.2).
+
+
+def image_size_flag(dataset):
+    size = S["datasets"].get(dataset, {}).get("image_size")
+    return f"--image-size {size}" if size else ""
+
+
+def run_identity(group, dataset, loss):
+    """The `wwgan train` flags that define a run's model and objective. Their hash names
+    the run directory, so a changed setting trains a new run instead of failing to resume
+    the old one. Length (iterations) and snapshot interval are left out: raising the
+    length resumes and extends a run."""
+    optimizer = S["train"]["optimizer"] if group == "fid" else S["critic_runs"]["optimizer"]
+    flags = (
+        f"--dataset {dataset} {image_size_flag(dataset)} --loss {loss} "
+        f"--width {S['train']['width']} --batch-size {S['train']['batch_size']} "
+        f"--optimizer {optimizer} {S['loss_args'].get(loss, '')} {S['train']['extra_args']}"
+    )
+    return " ".join(flags.split())
+
+
+def run_tag(group, dataset, loss):
+    return hashlib.sha1(run_identity(group, dataset, loss).encode()).hexdigest()[:8]
+
+
+def run_dir(group, dataset, loss, seed):
+    return f"{RESULTS}/runs/{group}/{dataset}/{loss}/{run_tag(group, dataset, loss)}/seed{seed}"
+
+
+def run_dirs(group, dataset):
+    return [run_dir(group, dataset, loss, seed) for loss in S["losses"] for seed in S["seeds"]]
+
+
+CRITIC_DATASET = S["critic_runs"]["dataset"]
+FID_RUNS = [run for dataset in S["datasets"] for run in run_dirs("fid", dataset)]
+CRITIC_RUNS = run_dirs("critic", CRITIC_DATASET)
+RUN = "runs/{group}/{dataset}/{loss}/{tag}/seed{seed}"
+
+
+def data_inputs(dataset):
+    """The marker of the dataset's download, when the workflow downloads it."""
+    if S["download"] and dataset in DOWNLOADABLE:
+        return [f"{DATA_ROOT}/.downloaded-{dataset}"]
+    return []
+
+
+def data_root(files):
+    """--data-root of a rule: the folder of its download marker, when it has one."""
+    markers = [str(f) for f in files if os.path.basename(str(f)).startswith(".downloaded-")]
+    return shlex.quote(os.path.dirname(markers[0]) if markers else DATA_ROOT)
+
+
+def fid_stats(dataset):
+    return f"{RESULTS}/fid_stats/{dataset}.npz"
+
+
+def train_flags(wildcards):
+    if wildcards.tag != run_tag(wildcards.group, wildcards.dataset, wildcards.loss):
+        raise WorkflowError(
+            f"run directory tag {wildcards.tag} does not match the current config of "
+            f"{wildcards.group}/{wildcards.dataset}/{wildcards.loss}"
+        )
+    if wildcards.group == "fid":
+        iterations, snapshot_every = S["train"]["iterations"], S["train"]["snapshot_every"]
+    else:  # the critics need one generator snapshot, at the end, for their FID
+        iterations = snapshot_every = S["critic_runs"]["iterations"]
+    return (
+        f"{run_identity(wildcards.group, wildcards.dataset, wildcards.loss)} "
+        f"--iterations {iterations} --snapshot-every {snapshot_every} --seed {wildcards.seed} "
+        f"--data-root {shlex.quote(DATA_ROOT)} --device {S['device']}"
+    )
+
+
+def figure_specs():
+    """Output name -> (registered figure, input files). Paper figure numbers in README."""
+    specs = {}
+    for dataset in S["datasets"]:
+        specs[f"fid-curves-{dataset}"] = (  # Fig. 6
+            "fid-curves",
+            [f"{run}/fid_curve.csv" for run in run_dirs("fid", dataset)],
+        )
+        specs[f"samples-{dataset}"] = (  # Supp. Figs. 1-2
+            "samples",
+            [f"{run_dir('fid', dataset, loss, S['seeds'][0])}/samples.png" for loss in S["losses"]],
+        )
+    specs["shift"] = ("shift", [f"{RESULTS}/shift.json"])  # Fig. 4
+    specs["noise"] = ("noise", [f"{RESULTS}/noise.json"])  # Fig. 5
+    specs["neighbours"] = ("neighbours", [f"{RESULTS}/neighbours.json"])  # Fig. 1
+    specs["motivating-example"] = ("motivating-example", [f"{RESULTS}/motivating.csv"])  # Fig. 3
+    return specs
+
+
+FIGURE_SPECS = figure_specs()
+TABLE_INPUTS = (
+    [f"{run}/fid_curve.csv" for run in FID_RUNS + CRITIC_RUNS]
+    + [f"{RESULTS}/{name}.json" for name in ("shift", "noise", "neighbours")]
+)
+
+
+def inputs_flags(files):
+    return " ".join(f"--input {shlex.quote(str(path))}" for path in files)
+
+
+wildcard_constraints:
+    group="fid|critic",
+    dataset="shapes|cifar10|celeba|folder",
+    loss="wgan-gp|lp|wwgan|wwgan-authors",
+    tag="[0-9a-f]{8}",
+    seed=r"\d+",
+    name="|".join(FIGURE_SPECS),
+
+
+localrules:
+    all,
+    download,
+    fid_weights,
+    samples,
+    figure,
+    table,
+
+
 rule all:
-    shell: "echo 'wwgan workflow: not yet implemented, see README'"
+    input:
+        [f"{FIGURES}/{name}.{ext}" for name in FIGURE_SPECS for ext in ("png", "pdf")],
+        f"{RESULTS}/table.md",
+        [f"{RESULTS}/bench.json"] if S["bench"] else [],
+    default_target: True
+
+
+rule download:
+    output:
+        touch(f"{DATA_ROOT}/.downloaded-{{dataset}}"),
+    log:
+        "logs/download/{dataset}.log",
+    params:
+        root=lambda w, output: shlex.quote(os.path.dirname(output[0])),
+    conda:
+        ENV
+    shell:
+        "python -m wwgan download {wildcards.dataset} --root {params.root} > {log} 2>&1"
+
+
+rule fid_weights:
+    output:
+        touch("results/.fid-weights-downloaded"),
+    log:
+        "logs/fid-weights.log",
+    conda:
+        ENV
+    shell:
+        "python -m wwgan fid-weights > {log} 2>&1"
+
+
+rule fid_stats:
+    input:
+        lambda w: data_inputs(w.dataset),
+        "results/.fid-weights-downloaded",
+    output:
+        f"{RESULTS}/fid_stats/{{dataset}}.npz",
+    log:
+        f"{LOGS}/fid_stats/{{dataset}}.log",
+    params:
+        root=lambda w, input: data_root(input),
+        size=lambda w: image_size_flag(w.dataset),
+        num_images=S["fid_stats_images"],
+    threads: S["threads"]["eval"]
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} python -m wwgan fid-stats --dataset {wildcards.dataset} "
+        "--data-root {params.root} {params.size} --num-images {params.num_images} "
+        "--out {output} > {log} 2>&1"
+
+
+rule train:
+    input:
+        lambda w: data_inputs(w.dataset),
+    output:
+        # A marker, not checkpoint.pt: Snakemake deletes the outputs of an interrupted
+        # job, and the checkpoint is what a rerun resumes from.
+        touch(f"{RESULTS}/{RUN}/train.done"),
+    log:
+        f"{LOGS}/{RUN}/train.log",
+    params:
+        flags=train_flags,
+        out=lambda w, output: shlex.quote(os.path.dirname(output[0])),
+        launcher=TRAIN,
+    threads: S["threads"]["train"]
+    resources:
+        gpu=NPROC,
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launcher} train {params.flags} --out {params.out} "
+        "--no-progress > {log} 2>&1"
+
+
+rule fid_curve:
+    input:
+        done=f"{RESULTS}/{RUN}/train.done",
+        stats=lambda w: [fid_stats(w.dataset)] if S["fid"] else [],
+    output:
+        f"{RESULTS}/{RUN}/fid_curve.csv",
+    log:
+        f"{LOGS}/{RUN}/fid_curve.log",
+    params:
+        run=lambda w, input: shlex.quote(os.path.dirname(input.done)),
+        stats=lambda w, input: f"--stats {input.stats[0]}" if S["fid"] else "--no-fid",
+        root=lambda w, input: data_root(input),
+        num_samples=S["curve_samples"],
+    threads: S["threads"]["eval"]
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} python -m wwgan fid-curve {params.run} {params.stats} "
+        "--dataset {wildcards.dataset} --data-root {params.root} "
+        "--num-samples {params.num_samples} --out {output} > {log} 2>&1"
+
+
+rule samples:
+    input:
+        f"{RESULTS}/{RUN}/train.done",
+    output:
+        f"{RESULTS}/{RUN}/samples.png",
+    log:
+        f"{LOGS}/{RUN}/samples.log",
+    params:
+        run=lambda w, input: shlex.quote(os.path.dirname(input[0])),
+    conda:
+        ENV
+    shell:
+        "python -m wwgan samples {params.run} --out {output} > {log} 2>&1"
+
+
+rule shift:
+    input:
+        [f"{run}/train.done" for run in CRITIC_RUNS],
+        data_inputs(CRITIC_DATASET),
+    output:
+        f"{RESULTS}/shift.json",
+    log:
+        f"{LOGS}/shift.log",
+    params:
+        runs=" ".join(f"--run {shlex.quote(run)}" for run in CRITIC_RUNS),
+        dataset=CRITIC_DATASET,
+        root=lambda w, input: data_root(input),
+        num_images=S["shift"]["num_images"],
+    threads: S["threads"]["eval"]
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} python -m wwgan shift {params.runs} --dataset {params.dataset} "
+        "--data-root {params.root} --num-images {params.num_images} --out {output} > {log} 2>&1"
+
+
+rule noise:
+    input:
+        [f"{run}/train.done" for run in CRITIC_RUNS],
+        data_inputs(CRITIC_DATASET),
+    output:
+        f"{RESULTS}/noise.json",
+    log:
+        f"{LOGS}/noise.log",
+    params:
+        runs=" ".join(f"--run {shlex.quote(run)}" for run in CRITIC_RUNS),
+        dataset=CRITIC_DATASET,
+        root=lambda w, input: data_root(input),
+        num_images=S["noise"]["num_images"],
+    threads: S["threads"]["eval"]
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} python -m wwgan noise {params.runs} --dataset {params.dataset} "
+        "--data-root {params.root} --num-images {params.num_images} --out {output} > {log} 2>&1"
+
+
+rule neighbours:
+    input:
+        data_inputs(S["neighbours"]["dataset"]),
+    output:
+        f"{RESULTS}/neighbours.json",
+    log:
+        f"{LOGS}/neighbours.log",
+    params:
+        dataset=S["neighbours"]["dataset"],
+        root=lambda w, input: data_root(input),
+        queries=S["neighbours"]["num_queries"],
+        candidates=S["neighbours"]["num_candidates"],
+    threads: S["threads"]["eval"]
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} python -m wwgan neighbours --dataset {params.dataset} "
+        "--data-root {params.root} --num-queries {params.queries} "
+        "--num-candidates {params.candidates} --out {output} > {log} 2>&1"
+
+
+rule motivating_example:
+    output:
+        f"{RESULTS}/motivating.csv",
+    log:
+        f"{LOGS}/motivating.log",
+    params:
+        size=S["motivating_example"]["size"],
+    conda:
+        ENV
+    shell:
+        "python -m wwgan motivating-example --size {params.size} --out {output} > {log} 2>&1"
+
+
+rule figure:
+    input:
+        lambda w: FIGURE_SPECS[w.name][1],
+    output:
+        f"{FIGURES}/{{name}}.png",
+        f"{FIGURES}/{{name}}.pdf",
+    log:
+        f"{LOGS}/figures/{{name}}.log",
+    params:
+        figure=lambda w: FIGURE_SPECS[w.name][0],
+        inputs=lambda w, input: inputs_flags(input),
+        out=lambda w, output: shlex.quote(output[0][: -len(".png")]),
+    conda:
+        ENV
+    shell:
+        "python -m wwgan figure {params.figure} {params.inputs} --out {params.out} > {log} 2>&1"
+
+
+rule table:
+    input:
+        TABLE_INPUTS,
+    output:
+        md=f"{RESULTS}/table.md",
+        csv=f"{RESULTS}/table.csv",
+    log:
+        f"{LOGS}/table.log",
+    params:
+        inputs=lambda w, input: inputs_flags(input),
+        note=shlex.quote(f"snakemake --cores all --config preset={PRESET}"),
+    conda:
+        ENV
+    shell:
+        "python -m wwgan table {params.inputs} --out {output.md} --command {params.note} > {log} 2>&1"
+
+
+rule bench:
+    output:
+        f"{RESULTS}/bench.json",
+    log:
+        f"{LOGS}/bench.log",
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "python -m wwgan bench --out {output} > {log} 2>&1"

@@ -1,0 +1,292 @@
+"""The Wasserstein-2 penalty against independent references: a dense matrix built
+literally from Supp. Definition 10 (D, Lambda(p), d_i), Prop. 4's entrywise formula, and
+the authors' convolution code form."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import wwgan
+
+
+# -- an independent dense reference, built from the definitions -------------------------
+
+
+def grid_edges(height, width, neighborhood):
+    """Edges (i, j, w) of the pixel grid, enumerated pixel by pixel (not by offset)."""
+    steps = {4: [(0, 1, 1.0), (1, 0, 1.0)],
+             8: [(0, 1, 1.0), (1, 0, 1.0), (1, 1, 0.5), (1, -1, 0.5)]}[neighborhood]
+    edges = []
+    for y, x in itertools.product(range(height), range(width)):
+        for dy, dx, w in steps:
+            if 0 <= y + dy < height and 0 <= x + dx < width:
+                edges.append((y * width + x, (y + dy) * width + x + dx, w))
+    return edges
+
+
+def dense_laplacian_def10(p, height, width, neighborhood):
+    """L(p) = D^T Lambda(p) D for one channel (Supp. Definition 10), float64 numpy."""
+    n = height * width
+    edges = grid_edges(height, width, neighborhood)
+    weights = np.zeros((n, n))
+    for i, j, w in edges:
+        weights[i, j] = weights[j, i] = w
+    d = weights.sum(1) / weights.sum()  # normalized volume form d_i
+    D = np.zeros((len(edges), n))
+    lam = np.zeros(len(edges))
+    for e, (i, j, w) in enumerate(edges):
+        hi, lo = max(i, j), min(i, j)
+        D[e, hi], D[e, lo] = np.sqrt(w), -np.sqrt(w)
+        lam[e] = 0.5 * (p[i] / d[i] + p[j] / d[j])
+    return D.T @ np.diag(lam) @ D
+
+
+def dense_laplacian_prop4(p, height, width, neighborhood):
+    """L(X) entrywise as printed in Prop. 4."""
+    n = height * width
+    weights = np.zeros((n, n))
+    for i, j, w in grid_edges(height, width, neighborhood):
+        weights[i, j] = weights[j, i] = w
+    d = weights.sum(1) / weights.sum()
+    L = np.zeros((n, n))
+    for i in range(n):
+        for k in np.nonzero(weights[i])[0]:
+            L[i, k] = -0.5 * weights[i, k] * (p[i] / d[i] + p[k] / d[k])
+        L[i, i] = -L[i].sum()
+    return L
+
+
+def dense_tilde(density, neighborhood, alpha):
+    """Block-diagonal L~ over channels for one sample (C, H, W): one 1 1^T block each."""
+    channels, height, width = density.shape
+    n = height * width
+    blocks = [dense_laplacian_def10(density[c].reshape(-1), height, width, neighborhood)
+              + alpha * np.ones((n, n)) for c in range(channels)]
+    out = np.zeros((channels * n, channels * n))
+    for c, block in enumerate(blocks):
+        out[c * n:(c + 1) * n, c * n:(c + 1) * n] = block
+    return out
+
+
+# -- Definition 10 ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 6, 6), (3, 2, 4, 9), (1, 3, 8, 3)])
+@pytest.mark.parametrize("neighborhood", [4, 8])
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_quadratic_form_equals_dense_definition_10(shape, neighborhood, alpha):
+    gen = torch.Generator().manual_seed(sum(shape) + neighborhood)
+    grad = torch.randn(shape, dtype=torch.float64, generator=gen)
+    density = torch.rand(shape, dtype=torch.float64, generator=gen)
+    got = wwgan.laplacian_quadratic_form(grad, density, alpha, neighborhood).numpy()
+    for b in range(shape[0]):
+        L = dense_tilde(density[b].numpy(), neighborhood, alpha)
+        v = grad[b].reshape(-1).numpy()
+        want = v @ L @ v
+        assert abs(got[b] - want) <= 1e-9 * abs(want)
+
+
+@pytest.mark.parametrize("neighborhood", [4, 8])
+def test_definition_10_matches_proposition_4(neighborhood):
+    # Two readings of the paper, compared: D^T Lambda D (Def. 10) and Prop. 4's entries.
+    p = np.random.default_rng(0).random(5 * 6)
+    assert np.allclose(dense_laplacian_def10(p, 5, 6, neighborhood),
+                       dense_laplacian_prop4(p, 5, 6, neighborhood), rtol=1e-12, atol=1e-12)
+
+
+def test_normalized_degree_sums_to_one_and_is_about_one_over_n():
+    inv_d = wwgan.inverse_normalized_degree(32, 32, 4, dtype=torch.float64)
+    assert torch.isclose((1 / inv_d).sum(), torch.tensor(1.0, dtype=torch.float64))
+    # interior nodes have degree 4 of total 4*32*32 - 2*2*32: 1/d_i is about n
+    assert inv_d[10, 10].item() == pytest.approx((4 * 1024 - 4 * 32) / 4)
+
+
+def test_positive_semidefinite_and_null_space_is_per_channel_constants():
+    gen = torch.Generator().manual_seed(3)
+    density = torch.rand(3, 4, 5, dtype=torch.float64, generator=gen) + 0.1
+    L0 = dense_tilde(density.numpy(), 4, alpha=0.0)
+    eig0 = np.linalg.eigvalsh(L0)
+    assert eig0.min() > -1e-10
+    assert (np.abs(eig0) < 1e-9).sum() == 3  # one constant vector per channel
+    # our function vanishes exactly on per-channel constants ...
+    const = torch.tensor([1.5, -2.0, 0.3], dtype=torch.float64).view(1, 3, 1, 1).expand(1, 3, 4, 5)
+    assert wwgan.laplacian_quadratic_form(const, density[None], 0.0).item() == pytest.approx(0, abs=1e-20)
+    # ... and alpha 1 1^T per channel lifts exactly those directions (Remark 3)
+    eig1 = np.linalg.eigvalsh(dense_tilde(density.numpy(), 4, alpha=1.0))
+    assert eig1.min() > 1e-6
+    random_grads = torch.randn(50, 3, 4, 5, dtype=torch.float64, generator=gen)
+    values = wwgan.laplacian_quadratic_form(random_grads, density.expand(50, 3, 4, 5), 1.0)
+    assert (values > 0).all()
+
+
+@pytest.mark.parametrize("neighborhood", [4, 8])
+def test_gradient_of_quadratic_form_is_two_L_g(neighborhood):
+    gen = torch.Generator().manual_seed(5)
+    grad = torch.randn(1, 2, 4, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    density = torch.rand(1, 2, 4, 6, dtype=torch.float64, generator=gen)
+    wwgan.laplacian_quadratic_form(grad, density, 1.0, neighborhood).sum().backward()
+    L = dense_tilde(density[0].numpy(), neighborhood, 1.0)
+    want = 2 * L @ grad.detach().reshape(-1).numpy()
+    assert np.allclose(grad.grad.reshape(-1).numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_quadratic_form_is_twice_differentiable():
+    # It sits inside the critic loss: second derivatives must exist (Hessian = 2 L~).
+    density = torch.rand(1, 1, 3, 4, dtype=torch.float64)
+    hessian = torch.autograd.functional.hessian(
+        lambda g: wwgan.laplacian_quadratic_form(g, density, 1.0).sum(),
+        torch.randn(1, 1, 3, 4, dtype=torch.float64)).reshape(12, 12)
+    assert np.allclose(hessian.numpy(), 2 * dense_tilde(density[0].numpy(), 4, 1.0), atol=1e-10)
+
+
+def test_moving_mass_further_costs_more_under_w2_but_not_under_l2():
+    """Sec. 2.2's motivating example in spirit: the tangent vector that moves one pixel's
+    mass k steps, sigma = delta_{x+k} - delta_x, has Wasserstein norm sigma^T L~^-1 sigma
+    growing with k, while its L2 norm is the same for every k >= 1. L~ is materialized
+    from the project's own function (half its Hessian)."""
+    height, width = 1, 12
+    density = torch.full((1, 1, height, width), 0.5, dtype=torch.float64)
+    L = 0.5 * torch.autograd.functional.hessian(
+        lambda g: wwgan.laplacian_quadratic_form(g, density, 1.0).sum(),
+        torch.zeros(1, 1, height, width, dtype=torch.float64)).reshape(12, 12)
+    costs, l2 = [], []
+    for k in range(1, 10):
+        sigma = torch.zeros(12, dtype=torch.float64)
+        sigma[1], sigma[1 + k] = -1.0, 1.0
+        costs.append((sigma @ torch.linalg.solve(L, sigma)).item())
+        l2.append(sigma.norm().item())
+    assert all(b > a for a, b in zip(costs, costs[1:]))
+    assert costs[-1] > 5 * costs[0]
+    assert np.allclose(l2, l2[0])
+
+
+# -- the authors' code form ---------------------------------------------------------------
+
+
+def authors_reference(grad, images):
+    """dukleryoni/WWGAN calc_wgp's w_grad_sq, re-expressed with depthwise convolutions as
+    in its buildL_diamond: images in [-1, 1], the factor 1 + (X_i + X_j) / 2."""
+    channels = grad.shape[1]
+    kernels = [[[1, -1]], [[1], [-1]], [[1, 0, -1]], [[1], [0], [-1]], [[1, 0], [0, -1]],
+               [[0, 1], [-1, 0]]]
+    total = 0
+    for k in kernels:
+        diff_k = torch.tensor(k, dtype=grad.dtype).expand(channels, 1, *np.shape(k))
+        sum_k = diff_k.abs()
+        diff = F.conv2d(grad, diff_k, groups=channels)
+        pair = F.conv2d(images, sum_k, groups=channels)
+        total = total + (diff.square() * (1 + pair / 2)).sum((1, 2, 3))
+    return total + grad.square().sum((1, 2, 3))
+
+
+def test_authors_quadratic_form_matches_their_convolutions():
+    gen = torch.Generator().manual_seed(11)
+    grad = torch.randn(3, 3, 7, 6, dtype=torch.float64, generator=gen)
+    images = torch.rand(3, 3, 7, 6, dtype=torch.float64, generator=gen) * 2 - 1
+    got = wwgan.authors_quadratic_form(grad, wwgan.images_to_density(images), gamma=1.0)
+    assert torch.allclose(got, authors_reference(grad, images), rtol=1e-12)
+
+
+def test_literal_definition_10_is_much_larger_than_l2_and_the_authors_form():
+    # The scale note of the README: sqrt(g^T L~ g) / ||g|| on a fresh CIFAR-size critic.
+    torch.manual_seed(0)
+    critic = wwgan.Critic(32, 3, 64)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    g = wwgan.critic_input_gradient(critic, x).detach()
+    rho = wwgan.images_to_density(x)
+    l2 = g.flatten(1).norm(dim=1)
+    w2 = wwgan.laplacian_quadratic_form(g, rho).sqrt()
+    authors = wwgan.authors_quadratic_form(g, rho).sqrt()
+    assert (w2 / l2).median() > 10 * (authors / l2).median()
+    assert (authors / l2).median() > 1.0
+
+
+# -- gradient_penalty ---------------------------------------------------------------------
+
+
+class LinearCritic(nn.Module):
+    """f(x) = <w, x>: its input gradient is w everywhere, so penalties are exact."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(w.clone())
+
+    def forward(self, x):
+        return (x * self.w).sum((1, 2, 3))
+
+
+def test_wgan_gp_and_lp_penalties_exact_for_a_linear_critic():
+    w = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    real = torch.rand(5, 3, 4, 4, dtype=torch.float64) * 2 - 1
+    fake = torch.rand(5, 3, 4, 4, dtype=torch.float64) * 2 - 1
+    for scale in (0.1, 3.0):
+        critic = LinearCritic(w / w.norm() * scale)
+        gp, norms = wwgan.gradient_penalty(critic, real, fake, "wgan-gp", lam=10.0)
+        assert gp.item() == pytest.approx(10 * (scale - 1) ** 2, rel=1e-10)
+        assert torch.allclose(norms, torch.full((5,), scale, dtype=torch.float64))
+        lp, _ = wwgan.gradient_penalty(critic, real, fake, "lp", lam=10.0)
+        assert lp.item() == pytest.approx(10 * max(0.0, scale - 1) ** 2, abs=1e-12)
+        # create_graph: the penalty is differentiable in the critic's weights
+        gp.backward()
+        want = 20 * (scale - 1) * critic.w.detach() / scale
+        assert torch.allclose(critic.w.grad, want, rtol=1e-8)
+
+
+def test_wwgan_penalty_with_density_at_fake_matches_dense_matrix():
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(1, 2, 3, 5, dtype=torch.float64, generator=gen) * 0.05
+    real = torch.rand(4, 2, 3, 5, dtype=torch.float64, generator=gen) * 2 - 1
+    fake = torch.rand(4, 2, 3, 5, dtype=torch.float64, generator=gen) * 2 - 1
+    penalty, norms = wwgan.gradient_penalty(LinearCritic(w), real, fake, "wwgan", lam=10.0,
+                                            target=0.5, density_at="fake", neighborhood=8)
+    v = w.reshape(-1).numpy()
+    want_norms = [np.sqrt(v @ dense_tilde(((fake[b] + 1) / 2).numpy(), 8, 1.0) @ v)
+                  for b in range(4)]
+    assert np.allclose(norms.numpy(), want_norms, rtol=1e-10)
+    assert penalty.item() == pytest.approx(10 * np.mean((np.array(want_norms) - 0.5) ** 2),
+                                           rel=1e-10)
+    one_sided, _ = wwgan.gradient_penalty(LinearCritic(w), real, fake, "wwgan", target=100.0,
+                                          one_sided=True, density_at="fake")
+    assert one_sided.item() == 0.0
+
+
+def test_zero_gradient_gives_no_nan():
+    # A constant critic has g = 0 where sqrt has an infinite derivative.
+    critic = nn.Sequential(nn.Flatten(), nn.Linear(48, 1))
+    nn.init.zeros_(critic[1].weight)
+    real, fake = torch.rand(4, 3, 4, 4), torch.rand(4, 3, 4, 4)
+    for loss in wwgan.LOSSES:
+        critic.zero_grad()
+        penalty, _ = wwgan.gradient_penalty(critic, real, fake, loss)
+        penalty.backward()
+        assert torch.isfinite(penalty)
+        # (the bias does not reach the input gradient, so only the weight gets a grad)
+        assert torch.isfinite(critic[1].weight.grad).all()
+
+
+def test_penalty_interpolates_on_the_segment_between_real_and_fake():
+    seen = []
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return (x * self.w).sum((1, 2, 3))
+
+    real, fake = torch.zeros(256, 1, 2, 2), torch.ones(256, 1, 2, 2)
+    wwgan.gradient_penalty(Recorder(), real, fake, "wgan-gp")
+    eps = 1 - seen[0][:, 0, 0, 0]  # x_hat = eps * real + (1 - eps) * fake
+    assert (seen[0] == seen[0][:, :, :1, :1]).all()  # one eps per sample
+    assert 0 <= eps.min() and eps.max() <= 1 and abs(eps.mean() - 0.5) < 0.06
+
+
+def test_unknown_loss_is_rejected():
+    with pytest.raises(ValueError, match="unknown loss"):
+        wwgan.gradient_norm(torch.zeros(1, 1, 2, 2), "l1")

@@ -1,0 +1,173 @@
+"""Algorithm 1's trainer: models, determinism, bit-identical resume, checkpoints, NaN guard."""
+
+import json
+
+import pytest
+import torch
+
+import wwgan
+
+
+def tiny_config(out, **overrides):
+    values = dict(out=str(out), dataset="shapes", image_size=16, width=16, batch_size=8,
+                  n_critic=2, iterations=6, log_every=2, sample_every=3, checkpoint_every=3,
+                  max_images=64, loss="wwgan")
+    values.update(overrides)
+    return wwgan.TrainConfig(**values)
+
+
+def weights(state):
+    return {**{"g." + k: v for k, v in state.generator.state_dict().items()},
+            **{"d." + k: v for k, v in state.critic.state_dict().items()}}
+
+
+def assert_bit_identical(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("size, width", [(32, 512), (64, 512)])
+def test_paper_models_shapes(size, width):
+    generator, critic = wwgan.build_models(wwgan.TrainConfig(image_size=size, width=width))
+    z = torch.randn(2, 128)
+    images = generator(z)
+    assert images.shape == (2, 3, size, size)
+    assert images.abs().max() <= 1
+    assert critic(images).shape == (2,)
+    convs = [m for m in critic.modules() if isinstance(m, torch.nn.Conv2d)]
+    if size == 32:  # the paper's CIFAR critic: 3 -> 128 -> 256 -> 512, k3 s2 p1
+        assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 128), (128, 256), (256, 512)]
+    assert all(c.kernel_size == (3, 3) and c.stride == (2, 2) for c in convs)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in critic.modules())
+    assert critic.linear.in_features == 4 * 4 * 512
+
+
+def test_optimizer_presets_follow_appendix_c():
+    assert wwgan.OPTIMIZER_PRESETS["fid"] == dict(lr=1e-4, beta1=0.0, beta2=0.9)
+    assert wwgan.OPTIMIZER_PRESETS["robustness"] == dict(lr=3e-4, beta1=0.5, beta2=0.9)
+    g_opt, d_opt = wwgan.make_optimizers(wwgan.TrainConfig(), torch.nn.Linear(1, 1),
+                                         torch.nn.Linear(1, 1))
+    assert d_opt.param_groups[0]["betas"] == (0.0, 0.9)
+
+
+@pytest.mark.parametrize("loss", wwgan.LOSSES)
+def test_training_writes_metrics_samples_and_checkpoint(tmp_path, loss):
+    state = wwgan.train(tiny_config(tmp_path, loss=loss, snapshot_every=3), progress=False)
+    assert state.iteration == 6
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [2, 4, 6]
+    for row in rows:
+        for key in ("critic_loss", "generator_loss", "penalty", "grad_norm", "wasserstein"):
+            assert torch.isfinite(torch.tensor(row[key]))
+    assert rows[-1]["train_seconds"] > rows[0]["train_seconds"] > 0
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "iter_0000003.png", "iter_0000006.png"]
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [
+        "generator_0000003.pt", "generator_0000006.pt"]
+    checkpoint = wwgan.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert checkpoint["iteration"] == 6 and checkpoint["config"]["loss"] == loss
+    assert (tmp_path / "checkpoint.prev.pt").exists()
+
+
+def test_same_seed_same_weights_other_seed_differs(tmp_path):
+    a = weights(wwgan.train(tiny_config(tmp_path / "a", iterations=3), progress=False))
+    b = weights(wwgan.train(tiny_config(tmp_path / "b", iterations=3), progress=False))
+    c = weights(wwgan.train(tiny_config(tmp_path / "c", iterations=3, seed=1), progress=False))
+    assert_bit_identical(a, b)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
+    full = weights(wwgan.train(tiny_config(tmp_path / "full"), progress=False))
+    # "interrupt" after 3 iterations, then rerun the same command with the full length
+    wwgan.train(tiny_config(tmp_path / "resumed", iterations=3), progress=False)
+    resumed = wwgan.train(tiny_config(tmp_path / "resumed"), progress=False)
+    assert resumed.iteration == 6
+    assert_bit_identical(full, weights(resumed))
+    rows = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    full_rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    # the short run also logged its last iteration (3); every row of the full run recurs
+    by_iteration = {r["iteration"]: r["critic_loss"] for r in rows}
+    assert [by_iteration[r["iteration"]] for r in full_rows] == [r["critic_loss"] for r in full_rows]
+    assert sorted(by_iteration) == [2, 3, 4, 6]
+
+
+def test_resume_falls_back_to_previous_checkpoint_when_latest_is_corrupt(tmp_path, capsys):
+    full = weights(wwgan.train(tiny_config(tmp_path / "full"), progress=False))
+    run = tmp_path / "run"
+    wwgan.train(tiny_config(run, iterations=3, checkpoint_every=1), progress=False)
+    (run / "checkpoint.pt").write_bytes(b"torn")
+    resumed = wwgan.train(tiny_config(run), progress=False)
+    assert "falling back" in capsys.readouterr().err
+    assert_bit_identical(full, weights(resumed))
+
+
+def test_corrupt_checkpoint_without_fallback_is_a_one_line_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(wwgan.WWGANError, match="checkpoint.pt: not a readable wwgan checkpoint"):
+        wwgan.train(tiny_config(tmp_path), progress=False)
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+    wwgan.train(tiny_config(tmp_path, iterations=2), progress=False)
+    with pytest.raises(wwgan.WWGANError, match=r"checkpoint.pt: .*different model or config.*loss"):
+        wwgan.train(tiny_config(tmp_path, iterations=4, loss="wgan-gp"), progress=False)
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_step = wwgan.critic_step
+
+    def poisoned_step(*args):
+        calls["n"] += 1
+        terms = real_step(*args)
+        if calls["n"] > 8:  # iterations 1-4 are fine (n_critic = 2)
+            terms["penalty"] = torch.tensor(float("nan"))
+        return terms
+
+    monkeypatch.setattr(wwgan, "critic_step", poisoned_step)
+    with pytest.raises(wwgan.WWGANError, match="non-finite penalty at iteration 5"):
+        wwgan.train(tiny_config(tmp_path), progress=False)
+    checkpoint = wwgan.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert checkpoint["iteration"] == 3
+    assert all(torch.isfinite(v).all() for v in checkpoint["critic"].values())
+
+
+def test_nan_policy_skip_skips_bad_steps_and_finishes(tmp_path, monkeypatch):
+    real_step = wwgan.critic_step
+    calls = {"n": 0}
+
+    def flaky_step(*args):
+        calls["n"] += 1
+        terms = real_step(*args)
+        if calls["n"] % 3 == 0:
+            terms["critic_loss"] = torch.tensor(float("inf"))
+        return terms
+
+    monkeypatch.setattr(wwgan, "critic_step", flaky_step)
+    state = wwgan.train(tiny_config(tmp_path, nan_policy="skip"), progress=False)
+    assert state.iteration == 6
+    assert all(torch.isfinite(v).all() for v in state.critic.state_dict().values())
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(loss="l1"), "unknown loss"),
+    (dict(iterations=-1), "iterations must be >= 0"),
+    (dict(image_size=48), "image size 48 is not supported"),
+    (dict(neighborhood=6), "neighborhood must be 4 or 8"),
+])
+def test_bad_config_values_are_clear_errors(bad, message):
+    with pytest.raises(wwgan.WWGANError, match=message):
+        wwgan.TrainConfig(**bad)
+
+
+def test_import_has_no_side_effects(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import random, torch; s = torch.get_rng_state(); r = random.getstate(); "
+            "import wwgan; assert torch.equal(s, torch.get_rng_state()); "
+            "assert r == random.getstate(); import os; assert os.listdir('.') == []")
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True,
+                   env={"PYTHONPATH": str(wwgan.Path(wwgan.__file__).parent)})

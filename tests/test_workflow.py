@@ -1,0 +1,265 @@
+"""The Snakemake workflow (Snakefile, config/, envs/) and the `wwgan table` command.
+
+The workflow runs in a temporary --directory, so the checkout stays clean."""
+
+import csv
+import os
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from scipy import stats
+
+import wwgan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def job_counts(output: str) -> dict:
+    """{rule: count} from the 'Job stats' table Snakemake prints."""
+    counts = {}
+    block = output.split("Job stats:", 1)[1] if "Job stats:" in output else ""
+    for line in block.splitlines()[3:]:
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if not match:
+            break
+        counts[match[1]] = int(match[2])
+    return counts
+
+
+# ---------------------------------------------------------------------------------------
+# environments
+# ---------------------------------------------------------------------------------------
+
+CONDA_TO_PIP = {"pytorch": "torch", "pot": "pot"}
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_conda_env_and_pip_requirements_pin_the_same_versions():
+    pip = {}
+    for line in (ROOT / "envs" / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pip[_normalize(name)] = version
+    env = yaml.safe_load((ROOT / "envs" / "wwgan.yaml").read_text())
+    assert env["channels"][0] == "conda-forge" and "pytorch" not in env["channels"]
+    conda = {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):  # the pip: section pins with ==
+            for line in dep["pip"]:
+                if "==" in line:
+                    name, version = line.split("==")
+                    conda[_normalize(name)] = version
+        elif "=" in dep:
+            name, version = dep.split("=", 1)
+            conda[_normalize(CONDA_TO_PIP.get(name, name))] = version
+    shared = set(pip) & set(conda)
+    assert {"torch", "torchvision", "numpy", "scipy", "snakemake", "pytorch-fid"} <= shared
+    assert {name: conda[name] for name in shared} == {name: pip[name] for name in shared}
+    # every pip pin has a conda counterpart (conda-forge or the env's pip: section)
+    assert set(pip) <= set(conda), sorted(set(pip) - set(conda))
+
+
+# ---------------------------------------------------------------------------------------
+# the workflow graph (runs without the commands other parts of wwgan provide)
+# ---------------------------------------------------------------------------------------
+
+
+def test_lint_is_clean_for_both_presets(tmp_path):
+    for preset in ("paper", "smoke"):
+        proc = snakemake(tmp_path, "--lint", "--config", f"preset={preset}")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Lints for" not in proc.stdout + proc.stderr
+        assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_dry_run_of_both_presets_builds_the_whole_graph_offline(tmp_path):
+    paper = snakemake(tmp_path, "-n", "-p", "--cores", "all")
+    assert paper.returncode == 0, paper.stdout + paper.stderr
+    counts = job_counts(paper.stdout)
+    # 2 datasets x 2 losses x 3 seeds FID runs + 2 losses x 3 seeds critic runs (CIFAR-10)
+    assert counts["train"] == 18 and counts["fid_curve"] == 18
+    assert counts["download"] == 2 and counts["fid_stats"] == 2 and counts["fid_weights"] == 1
+    # fid-curves and samples for each dataset, shift, noise, neighbours, motivating example
+    assert counts["figure"] == 8 and counts["table"] == 1 and counts["bench"] == 1
+    for figure in ("fid-curves-cifar10", "fid-curves-celeba", "samples-celeba", "shift",
+                   "noise", "neighbours", "motivating-example"):
+        assert f"figures/{figure}.pdf" in paper.stdout
+    assert "--optimizer robustness" in paper.stdout and "--iterations 100000" in paper.stdout
+
+    smoke = snakemake(tmp_path, "-n", "-p", "--cores", "all", "--config", "preset=smoke")
+    assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+    counts = job_counts(smoke.stdout)
+    assert counts["train"] == 8 and counts["figure"] == 6 and counts["table"] == 1
+    # offline: nothing to download, SWD only, no Inception statistics
+    assert not {"download", "fid_weights", "fid_stats", "bench"} & set(counts)
+    assert "--no-fid" in smoke.stdout and "results/smoke/figures/shift.png" in smoke.stdout
+
+
+def test_invalid_config_is_rejected_before_anything_runs(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--config", "preset=nope")
+    assert proc.returncode != 0 and "unknown preset 'nope'" in proc.stdout + proc.stderr
+    proc = snakemake(tmp_path, "-n", "--config", "preset=smoke", "seeds=[-1]")
+    assert proc.returncode != 0 and "seeds" in proc.stdout + proc.stderr
+
+
+def test_rerun_recomputes_nothing_and_a_changed_setting_reruns_only_its_runs(tmp_path):
+    tiny = ["--config", "preset=smoke", "seeds=[0]", "losses=[wwgan]",
+            "train={iterations: 2, snapshot_every: 1}", "critic_runs={iterations: 2}"]
+    done = snakemake(tmp_path, "--cores", "2", "--until", "train", *tiny)
+    assert done.returncode == 0, done.stdout + done.stderr
+    markers = sorted(tmp_path.glob("results/smoke/runs/*/shapes/wwgan/*/seed0/train.done"))
+    assert [m.parts[-6] for m in markers] == ["critic", "fid"]
+    assert all((m.parent / "checkpoint.pt").exists() for m in markers)
+
+    again = snakemake(tmp_path, "-n", "--cores", "2", "--until", "train", *tiny)
+    assert again.returncode == 0 and job_counts(again.stdout).get("train", 0) == 0
+
+    # the critic runs' optimizer is part of their identity only: they alone retrain, into
+    # a new directory; the FID run is untouched
+    changed = snakemake(tmp_path, "-n", "--cores", "2", "--until", "train", *tiny[:-1],
+                        "critic_runs={iterations: 2, optimizer: fid}")
+    assert job_counts(changed.stdout)["train"] == 1
+    (planned,) = re.findall(r"output: (\S+/train\.done)", changed.stdout)
+    assert "/critic/" in planned and not (tmp_path / planned).exists()
+
+    # more iterations: the same run directories, resumed and extended (params trigger)
+    longer = snakemake(tmp_path, "-n", "--cores", "2", "--until", "train", *tiny[:-2],
+                       "train={iterations: 4, snapshot_every: 1}", "critic_runs={iterations: 2}")
+    assert re.findall(r"output: (\S+/train\.done)", longer.stdout) == [
+        str(markers[1].relative_to(tmp_path))]
+
+
+@pytest.mark.slow
+def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
+    """The whole graph at tiny scale (needs every command of the CLI contract)."""
+    proc = snakemake(tmp_path, "--cores", "2", "--config", "preset=smoke", timeout=900)
+    logs = "\n".join(f"== {p}\n{p.read_text()[-1500:]}" for p in tmp_path.glob("logs/**/*.log"))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + logs[-8000:]
+    figures = tmp_path / "results" / "smoke" / "figures"
+    for name in ("fid-curves-shapes", "samples-shapes", "shift", "noise", "neighbours",
+                 "motivating-example"):
+        for ext in ("png", "pdf"):
+            assert (figures / f"{name}.{ext}").stat().st_size > 0, name
+    table = (tmp_path / "results" / "smoke" / "table.md").read_text()
+    for metric in ("sliced Wasserstein distance", "shift continuity", "noise separation", "L2"):
+        assert metric in table
+    assert re.search(r"± [\d.e+-]+ \(n=2\)", table)  # 2 seeds give a confidence interval
+    again = snakemake(tmp_path, "-n", "--cores", "2", "--config", "preset=smoke")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # a changed WWGAN setting reruns the WWGAN runs and what reads them, nothing else
+    changed = snakemake(tmp_path, "-n", "--cores", "2", "--config", "preset=smoke",
+                        'loss_args={wwgan: "--lipschitz-target 2.0"}')
+    counts = job_counts(changed.stdout)
+    assert counts["train"] == 4 and counts["fid_curve"] == 4 and counts["samples"] == 1
+    assert "neighbours" not in counts and "motivating_example" not in counts
+    assert not re.search(r"output: \S+/wgan-gp/", changed.stdout)
+
+
+# ---------------------------------------------------------------------------------------
+# `wwgan table`
+# ---------------------------------------------------------------------------------------
+
+
+def _write_run(root: Path, loss: str, seed: int, optimizer: str, fid: float, swd: float,
+               seconds: float, iterations: int = 1000) -> Path:
+    run = root / optimizer / loss / f"seed{seed}"
+    run.mkdir(parents=True)
+    preset = wwgan.OPTIMIZER_PRESETS[optimizer]
+    config = dict(loss=loss, seed=seed, dataset="cifar10", batch_size=64, n_critic=5,
+                  max_images=0, **preset)
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "fid_curve.csv").write_text(
+        "iteration,train_seconds,fid,swd\n"
+        f"{iterations // 2},{seconds / 2},{fid + 50},{swd + 1}\n"
+        f"{iterations},{seconds},{fid},{swd}\n")
+    return run / "fid_curve.csv"
+
+
+def _t_interval_half_width(values):
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / len(values),
+                                 scale=stats.sem(values))
+    return (high - low) / 2
+
+
+def test_mean_ci95_is_the_student_t_interval():
+    values = [31.2, 35.9, 33.0, 40.1]
+    mean, half = wwgan.mean_ci95(values)
+    assert mean == pytest.approx(35.05)
+    assert half == pytest.approx(_t_interval_half_width(values), rel=1e-12)
+    assert wwgan.mean_ci95([7.0]) == (7.0, None)
+
+
+def test_table_aggregates_seeds_and_shows_the_paper_values(tmp_path):
+    fids = {"wgan-gp": [41.0, 44.5, 39.0], "wwgan": [42.0, 40.0, 47.5]}
+    seconds = {"wgan-gp": 20.0, "wwgan": 18.0}
+    inputs = []
+    for loss, values in fids.items():
+        for seed, fid in enumerate(values):
+            inputs.append(_write_run(tmp_path, loss, seed, "fid", fid, 0.1 * seed, seconds[loss]))
+        inputs.append(_write_run(tmp_path, loss, 0, "robustness", 39.0, 0.2, seconds[loss]))
+    shift = tmp_path / "shift.json"
+    shift.write_text(json.dumps({"runs": [dict(loss=loss, seed=s, continuity=c)
+                                          for loss, cs in (("wgan-gp", [0.5, 0.7]),
+                                                           ("wwgan", [0.9, 0.95]))
+                                          for s, c in enumerate(cs)]}))
+    noise = tmp_path / "noise.json"
+    noise.write_text(json.dumps({"runs": [dict(loss="wwgan", seed=0, separation=0.3),
+                                          dict(loss="wgan-gp", seed=0)]}))  # one lacks it
+    neighbours = tmp_path / "neighbours.json"
+    neighbours.write_text(json.dumps({"l2_class_share": 0.25, "w2_class_share": [0.3, 0.5]}))
+    out = tmp_path / "results" / "table.md"
+    args = [f"--input={p}" for p in [*inputs, shift, noise, neighbours]]
+    result = CliRunner().invoke(wwgan.cli, ["table", *args, "--out", str(out),
+                                            "--command", "snakemake --cores all"])
+    assert result.exit_code == 0, result.output
+
+    rows = {(r["metric"], r["setting"], r["loss"]): r
+            for r in csv.DictReader(open(out.with_suffix(".csv")))}
+    fid_setting = "cifar10, fid Adam preset"
+    for loss, values in fids.items():
+        row = rows[("FID", fid_setting, loss)]
+        assert float(row["mean"]) == pytest.approx(sum(values) / 3)
+        assert float(row["ci95"]) == pytest.approx(_t_interval_half_width(values))
+        assert row["n"] == "3"
+        # an epoch of CIFAR-10 is 50000 / (64 * 5) generator iterations
+        epoch = rows[("seconds per epoch", fid_setting, loss)]
+        assert float(epoch["mean"]) == pytest.approx(seconds[loss] / 1000 * 50_000 / 320)
+    ratio = rows[("epoch time WWGAN / WGAN-GP", fid_setting, "wwgan")]
+    assert float(ratio["mean"]) == pytest.approx(18.0 / 20.0)
+    assert "0.921" in ratio["paper"]
+    robust = rows[("FID", "cifar10, robustness Adam preset", "wwgan")]
+    assert robust["n"] == "1" and robust["ci95"] == "" and "40" in robust["paper"]
+    assert float(rows[("shift continuity", "critic runs", "wwgan")]["mean"]) == pytest.approx(0.925)
+    assert ("noise separation", "critic runs", "wgan-gp") not in rows
+    assert float(rows[("neighbour class share", "W2", "")]["mean"]) == pytest.approx(0.4)
+
+    table = out.read_text()
+    assert "snakemake --cores all" in table and "torch" in table
+    assert "| FID | cifar10, robustness Adam preset | 39 (n=1) | 39 (n=1) |" in table
+    assert "218.1" in table and "236.9" in table
+
+
+def test_table_rejects_an_unknown_file_in_one_line(tmp_path):
+    stray = tmp_path / "metrics.jsonl"
+    stray.write_text("{}\n")
+    result = CliRunner().invoke(wwgan.cli, ["table", "--input", str(stray),
+                                            "--out", str(tmp_path / "t.md")])
+    assert result.exit_code != 0
+    assert "not a result file the table knows" in str(result.exception)
