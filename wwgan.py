@@ -99,6 +99,9 @@ class TrainConfig:
     celeba_crop: int = 108             # CelebA center-crop side in the 178x218 frame
 
     # (config: performance fields)
+    tf32: bool = True                  # CUDA only: TF32 tensor cores in the models' matmuls/convs
+    cudnn_benchmark: bool = True       # CUDA only: cuDNN autotunes conv algorithms (fixed shapes)
+    compile: bool = False              # torch.compile the generator and the generator step's critic
 
     def __post_init__(self):
         checks = [
@@ -781,6 +784,15 @@ def inverse_normalized_degree(height: int, width: int, neighborhood: int = 4,
     of all weighted degrees of the grid graph (Def. 10's d_i). Shape (H, W)."""
     if height * width < 2:
         raise ValueError("the pixel graph needs at least two pixels")
+    return _inverse_normalized_degree_on(height, width, neighborhood,
+                                         torch.device(device or "cpu"), dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _inverse_normalized_degree_on(height: int, width: int, neighborhood: int,
+                                  device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Cached per device: a host-to-device copy in every penalty would block the host until
+    # the GPU has drained its queue (a pageable copy synchronizes), once per critic step.
     return _inverse_normalized_degree_cpu(height, width, neighborhood).to(device=device,
                                                                          dtype=dtype)
 
@@ -806,6 +818,120 @@ def laplacian_quadratic_form(grad: torch.Tensor, density: torch.Tensor, alpha: f
         diff_sq = (grad[a] - grad[b]).square()
         edge_mass = scaled_density[a] + scaled_density[b]
         total = total + (0.5 * w) * (diff_sq * edge_mass).sum(dim=(1, 2, 3))
+    if alpha:
+        total = total + alpha * grad.sum(dim=(2, 3)).square().sum(dim=1)
+    return total
+
+
+# Two other evaluations of the same g^T L~(rho) g, for `wwgan bench` (item 2): Algorithm 2's
+# fixed convolution kernels, and an explicitly assembled sparse L(rho) times g. Training
+# uses the slicing form above; tests check that all three agree with a dense Def. 10 matrix.
+
+
+@functools.lru_cache(maxsize=64)
+def _algorithm2_kernels(channels: int, height: int, width: int, neighborhood: int,
+                        device: torch.device, dtype: torch.dtype):
+    """Algorithm 2's kernels for each neighbour relation O_k = (dy, dx), one group per colour
+    channel: K_Ok (+1 at pixel i, -1 at its neighbour i + O_k), M_Ok (1/2 at both), and
+    w_k times the indicator "i + O_k lies inside the grid" (zero padding would otherwise
+    add edges to pixels outside the image). Shapes (C*K, 1, 3, 3) twice and (K, H, W)."""
+    offsets = NEIGHBOR_OFFSETS[neighborhood]
+    difference = torch.zeros(len(offsets), 1, 3, 3, dtype=torch.float64)
+    mean = torch.zeros(len(offsets), 1, 3, 3, dtype=torch.float64)
+    edge_weight = torch.zeros(len(offsets), height, width, dtype=torch.float64)
+    for k, (dy, dx, w) in enumerate(offsets):
+        difference[k, 0, 1, 1], difference[k, 0, 1 + dy, 1 + dx] = 1.0, -1.0
+        mean[k, 0, 1, 1], mean[k, 0, 1 + dy, 1 + dx] = 0.5, 0.5
+        inside, _ = _edge_slices(dy, dx, height, width)
+        edge_weight[k][inside] = w
+    as_used = dict(device=device, dtype=dtype)
+    return (difference.repeat(channels, 1, 1, 1).to(**as_used),
+            mean.repeat(channels, 1, 1, 1).to(**as_used), edge_weight.to(**as_used))
+
+
+class _cudnn_tf32:
+    """Context manager setting torch.backends.cudnn.allow_tf32, restoring it on exit."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __enter__(self):
+        self.previous = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = self.enabled
+
+    def __exit__(self, *exc):
+        torch.backends.cudnn.allow_tf32 = self.previous
+
+
+def laplacian_quadratic_form_conv(grad: torch.Tensor, density: torch.Tensor,
+                                  alpha: float = 1.0, neighborhood: int = 4) -> torch.Tensor:
+    """g^T L~(rho) g as Algorithm 2 computes it: H = K_Ok(grad), V = M_Ok(rho / d) by grouped
+    convolutions, sum of H * H * V * w over pixels, relations and channels, plus the
+    alpha 1 1^T term of Remark 3. Same value as `laplacian_quadratic_form`; (B, C, H, W) -> (B,)."""
+    if grad.shape != density.shape or grad.dim() != 4:
+        raise ValueError(f"grad and density must both be (B, C, H, W); got "
+                         f"{tuple(grad.shape)} and {tuple(density.shape)}")
+    batch, channels, height, width = grad.shape
+    difference, mean, edge_weight = _algorithm2_kernels(channels, height, width, neighborhood,
+                                                        grad.device, grad.dtype)
+    inv_d = inverse_normalized_degree(height, width, neighborhood, grad.device, grad.dtype)
+    # TF32 would round g to 10 mantissa bits inside cuDNN; the penalty stays in float32.
+    with _cudnn_tf32(False):
+        differences = F.conv2d(grad, difference, padding=1, groups=channels)
+        edge_mass = F.conv2d(density * inv_d, mean, padding=1, groups=channels)
+    terms = (differences.square() * edge_mass).view(batch, channels, -1, height, width)
+    total = (terms * edge_weight).sum(dim=(1, 2, 3, 4))
+    if alpha:
+        total = total + alpha * grad.sum(dim=(2, 3)).square().sum(dim=1)
+    return total
+
+
+@functools.lru_cache(maxsize=16)
+def _laplacian_pattern(graphs: int, height: int, width: int, neighborhood: int,
+                       device: torch.device):
+    """The sparsity pattern of the block-diagonal L(rho) of `graphs` channel graphs.
+
+    Returns the edge ends (i, j) and weights w of one H x W graph, the (2, nnz) indices of
+    the whole matrix in coalesced (row-major) order, and the permutation that puts one
+    graph's values, laid out as [-m_e at (i, j); -m_e at (j, i); diagonal], in that order."""
+    n = height * width
+    node = torch.arange(n).view(height, width)
+    ends_i, ends_j, weights = [], [], []
+    for dy, dx, w in NEIGHBOR_OFFSETS[neighborhood]:
+        a, b = _edge_slices(dy, dx, height, width)
+        ends_i.append(node[a].reshape(-1))
+        ends_j.append(node[b].reshape(-1))
+        weights.append(torch.full((ends_i[-1].numel(),), w, dtype=torch.float64))
+    i, j, w = torch.cat(ends_i), torch.cat(ends_j), torch.cat(weights)
+    rows = torch.cat([i, j, torch.arange(n)])
+    cols = torch.cat([j, i, torch.arange(n)])
+    order = torch.argsort(rows * n + cols)
+    block = torch.arange(graphs).repeat_interleave(len(order)) * n
+    indices = torch.stack([rows[order].repeat(graphs) + block, cols[order].repeat(graphs) + block])
+    return i.to(device), j.to(device), w.to(device), indices.to(device), order.to(device)
+
+
+def laplacian_quadratic_form_sparse(grad: torch.Tensor, density: torch.Tensor,
+                                    alpha: float = 1.0, neighborhood: int = 4) -> torch.Tensor:
+    """g^T L~(rho) g with L(rho) = D^T Lambda(rho) D (Def. 10) assembled as one torch.sparse
+    block-diagonal matrix (one block per sample and colour channel) and multiplied by g:
+    off-diagonal entries -w_ij (p_i/d_i + p_j/d_j) / 2, diagonal entries their negated row
+    sums. Same value as `laplacian_quadratic_form`; (B, C, H, W) -> (B,)."""
+    if grad.shape != density.shape or grad.dim() != 4:
+        raise ValueError(f"grad and density must both be (B, C, H, W); got "
+                         f"{tuple(grad.shape)} and {tuple(density.shape)}")
+    batch, channels, height, width = grad.shape
+    graphs, n = batch * channels, height * width
+    i, j, w, indices, order = _laplacian_pattern(graphs, height, width, neighborhood, grad.device)
+    inv_d = inverse_normalized_degree(height, width, neighborhood, grad.device, grad.dtype)
+    scaled_density = (density * inv_d).reshape(graphs, n)
+    edge_mass = 0.5 * w.to(grad.dtype) * (scaled_density[:, i] + scaled_density[:, j])
+    diagonal = torch.zeros_like(scaled_density).index_add(1, i, edge_mass).index_add(1, j, edge_mass)
+    values = torch.cat([-edge_mass, -edge_mass, diagonal], dim=1)[:, order]
+    laplacian = torch.sparse_coo_tensor(indices, values.reshape(-1), (graphs * n, graphs * n),
+                                        is_coalesced=True, check_invariants=False)
+    flat = grad.reshape(graphs * n, 1)
+    total = (flat * torch.sparse.mm(laplacian, flat)).view(batch, -1).sum(dim=1)
     if alpha:
         total = total + alpha * grad.sum(dim=(2, 3)).square().sum(dim=1)
     return total
@@ -1180,6 +1306,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
         device_ids = [device.index] if device.type == "cuda" else None
         ddp_generator = DDP(generator, device_ids=device_ids)
         ddp_critic = DDP(critic, device_ids=device_ids)
+    # With config.compile, compiled views of what the hot loop calls first-order only.
+    step_generator, step_ddp_generator, step_critic = step_models(
+        config, generator, ddp_generator, critic)
     if ctx.is_main:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         (out / "samples").mkdir(exist_ok=True)
@@ -1192,6 +1321,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
                disable=not (progress and ctx.is_main),
                desc=f"{config.loss} {config.dataset}", dynamic_ncols=True)
     metrics_file = open(out / "metrics.jsonl", "a") if ctx.is_main else None
+    backend_flags = apply_gpu_performance_flags(device, config.tf32, config.cudnn_benchmark)
     try:
         while state.iteration < config.iterations:
             started = time.perf_counter()
@@ -1203,14 +1333,15 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
                      or _is_interval(next_it, config.log_every)
                      or _is_interval(next_it, config.checkpoint_every))
             for _ in range(config.n_critic):
-                terms = critic_step(config, generator, ddp_critic, critic_opt, images, local_batch)
+                terms = critic_step(config, step_generator, ddp_critic, critic_opt, images,
+                                    local_batch)
                 if check:
                     terms = _mean_over_ranks(terms, ctx)
                     if not _check_step(config, state, terms, ckpt_path):
                         continue
                 critic_opt.step()
-            g_terms = generator_step(config, ddp_generator, critic, generator_opt, device,
-                                     local_batch)
+            g_terms = generator_step(config, step_ddp_generator, step_critic, generator_opt,
+                                     device, local_batch)
             if check:
                 g_terms = _mean_over_ranks(g_terms, ctx)
             if not check or _check_step(config, state, g_terms, ckpt_path):
@@ -1238,6 +1369,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
             if _is_interval(it, config.checkpoint_every) or it == config.iterations:
                 atomic_torch_save(_checkpoint_dict(state, config), ckpt_path, keep_previous=True)
     finally:
+        restore_backend_flags(backend_flags)
         if metrics_file is not None:
             metrics_file.close()
         bar.close()
@@ -2720,6 +2852,555 @@ def render_motivating_example(inputs, out):
 # benchmarks
 # ----------------------------------------------------------------------------------------
 # (benchmarks)
+# `wwgan bench` turns the performance claims into numbers measured side by side: every item
+# runs its contenders in one process, interleaved in a shuffled order within each
+# repetition (a busy machine slows all of them alike), and reports the median and the
+# quartiles; ratios are taken per repetition, between contenders timed moments apart.
+# CUDA is synchronized around every timing. Two clocks: "wall" (perf_counter) and "cpu"
+# (this process's CPU time, all threads): on a CPU shared with other jobs, and with
+# --threads 1, CPU time is what the computation costs, whatever else runs. On CUDA only
+# wall time means anything. BENCHMARKS.md records the results.
+
+BENCH_ITEMS = ("critic_step", "quadratic_form", "image_w2", "throughput")
+BENCH_CLOCKS = ("wall", "cpu")
+CIFAR10_EPOCH_IMAGES = 50_000
+
+
+def apply_gpu_performance_flags(device: torch.device, tf32: bool = True,
+                                cudnn_benchmark: bool = True) -> dict:
+    """On CUDA: allow TF32 in matmuls and convolutions (the models; the quadratic form has
+    neither and stays float32) and let cuDNN autotune. Returns the previous flags for
+    `restore_backend_flags`, so that nothing leaks out of train() or bench. CPU: no-op."""
+    if device.type != "cuda":
+        return {}
+    previous = dict(matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
+                    cudnn_tf32=torch.backends.cudnn.allow_tf32,
+                    cudnn_benchmark=torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    return previous
+
+
+def restore_backend_flags(previous: dict) -> None:
+    if previous:
+        torch.backends.cuda.matmul.allow_tf32 = previous["matmul_tf32"]
+        torch.backends.cudnn.allow_tf32 = previous["cudnn_tf32"]
+        torch.backends.cudnn.benchmark = previous["cudnn_benchmark"]
+
+
+def step_models(config: TrainConfig, *modules: nn.Module) -> tuple:
+    """The modules the hot loop calls: themselves, or with `config.compile` torch.compile'd
+    views sharing their parameters (checkpoints keep saving the plain modules; a module
+    passed twice gets one view). Pass only modules used first-order: the critic inside
+    critic_step stays eager, because its penalty is differentiated twice and torch.compile
+    (aot_autograd) does not support double backward."""
+    if not config.compile:
+        return modules
+    views = {}
+    for module in modules:
+        if id(module) not in views:
+            views[id(module)] = torch.compile(module)
+    return tuple(views[id(module)] for module in modules)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_call(fn, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of fn(), device work included."""
+    _synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    _synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _spread(samples) -> dict:
+    """Median, quartiles and range of repeated measurements."""
+    values = np.asarray(list(samples), dtype=np.float64)
+    return dict(median=float(np.median(values)), p25=float(np.percentile(values, 25)),
+                p75=float(np.percentile(values, 75)), min=float(values.min()),
+                max=float(values.max()), n=int(values.size), samples=values.tolist())
+
+
+def _paired_ratios(numerator: list, denominator: list) -> dict:
+    return _spread(a / b for a, b in zip(numerator, denominator))
+
+
+def _interleaved(contenders: dict, repeats: int, warmup: int, device: torch.device,
+                 rng: random.Random) -> dict:
+    """Time each zero-argument callable once per repetition, in a fresh shuffled order
+    each time, after `warmup` untimed rounds. Returns {clock: {name: [seconds, ...]}}."""
+    names = list(contenders)
+    for _ in range(warmup):
+        for name in names:
+            contenders[name]()
+    times = {clock: {name: [] for name in names} for clock in BENCH_CLOCKS}
+    for _ in range(repeats):
+        for name in rng.sample(names, len(names)):
+            for clock, seconds in zip(BENCH_CLOCKS, _time_call(contenders[name], device)):
+                times[clock][name].append(seconds)
+    return times
+
+
+def machine_info(device: torch.device) -> dict:
+    """What the numbers were measured on: CPU model, cores, threads, device, versions, date."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import ot
+
+        pot_version = ot.__version__
+    except ImportError:
+        pot_version = None
+    info = dict(
+        date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), cpu=cpu,
+        cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+        load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        platform=platform.platform(), python=platform.python_version(),
+        torch=torch.__version__, numpy=np.__version__, pot=pot_version,
+        device=str(device), device_name=cpu)
+    if device.type == "cuda":
+        info.update(device_name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def bench_critic_step(device: torch.device, image_sizes=(32, 64), batch_size: int = 64,
+                      width: int = 512, repeats: int = 5, warmup: int = 1, seed: int = 0,
+                      rng: random.Random | None = None) -> dict:
+    """Item 1: one critic update of Algorithm 1 (`critic_step`: sampling, forward, penalty
+    with its double backward; then the Adam step) for WGAN-GP, LP and WWGAN on the same
+    initial critic, per image size. Target: WWGAN / WGAN-GP <= 1.02. A second, identical
+    WGAN-GP critic ("wgan-gp-control") is timed too: its ratio to WGAN-GP is pure
+    measurement noise, the resolution of the other ratios on this machine."""
+    rng = rng or random.Random(seed)
+    losses = ("wgan-gp", "wgan-gp-control", "lp", "wwgan")
+    results = {}
+    for size in image_sizes:
+        torch.manual_seed(seed)
+        images = make_shapes(max(4 * batch_size, 64), size, seed=seed).to(device)
+        generator = Generator(size, 3, width, 128).to(device)
+        first_critic = Critic(size, 3, width).to(device)
+        contenders = {}
+        for loss in losses:
+            config = TrainConfig(loss=loss.replace("-control", ""), image_size=size,
+                                 batch_size=batch_size, width=width, device=str(device))
+            critic = Critic(size, 3, width).to(device)
+            critic.load_state_dict(first_critic.state_dict())
+            _, critic_opt = make_optimizers(config, generator, critic)
+
+            def step(config=config, critic=critic, critic_opt=critic_opt):
+                critic_step(config, generator, critic, critic_opt, images)
+                critic_opt.step()
+
+            contenders[loss] = step
+        times = _interleaved(contenders, repeats, warmup, device, rng)
+        results[str(size)] = {clock: dict(
+            seconds={loss: _spread(times[clock][loss]) for loss in losses},
+            ratio_to_wgan_gp={loss: _paired_ratios(times[clock][loss], times[clock]["wgan-gp"])
+                              for loss in losses if loss != "wgan-gp"})
+            for clock in BENCH_CLOCKS}
+    return dict(batch_size=batch_size, width=width, repeats=repeats, warmup=warmup,
+                sizes=results)
+
+
+def _l2_norm_squared(grad: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
+    return grad.square().sum(dim=(1, 2, 3))
+
+
+def _one_read_of_grad(grad: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
+    # Any per-sample function of g reads all of g at least once (and its backward writes a
+    # tensor of g's size): a plain sum is that floor.
+    return grad.sum(dim=(1, 2, 3))
+
+
+# name -> (function, what it is); the first three compute the same g^T L~(rho) g.
+QUADRATIC_FORM_CONTENDERS = {
+    "slicing": (laplacian_quadratic_form, "Def. 10 by tensor slices (used in training)"),
+    "conv": (laplacian_quadratic_form_conv, "Algorithm 2's convolution kernels"),
+    "sparse": (laplacian_quadratic_form_sparse, "torch.sparse L(rho) @ g"),
+    "l2": (_l2_norm_squared, "||g||^2 as WGAN-GP computes it"),
+    "floor": (_one_read_of_grad, "sum of g: one read of g, the memory-traffic floor"),
+}
+
+
+def bench_quadratic_form(device: torch.device, image_sizes=(32, 64), batch_size: int = 64,
+                         repeats: int = 20, inner: int = 5, warmup: int = 2, seed: int = 0,
+                         rng: random.Random | None = None, compile: bool = False) -> dict:
+    """Item 2: g^T L~(rho) g alone, (B, 3, S, S) float32, by slicing, Algorithm 2's
+    convolutions and a torch.sparse product, against ||g||^2 and one read of g.
+
+    "forward_backward" is the value and its gradient with respect to g. That is all the
+    quadratic form adds to training: penalty.backward() runs its backward once and then
+    the critic's double backward, which is the same for every implementation (item 1
+    times it; tests check that all three give the same critic update through it). Each
+    sample is `inner` calls. Agreement with slicing is measured first. With `compile`,
+    torch.compile(laplacian_quadratic_form) runs too ("slicing_compiled": one fused
+    kernel each way; its backward is first order, which is all training needs)."""
+    rng = rng or random.Random(seed)
+    contenders_used = dict(QUADRATIC_FORM_CONTENDERS)
+    if compile:
+        import warnings
+
+        # Dynamo traces through the lru_cache of 1/d (a constant) and says so once per call site.
+        warnings.filterwarnings("ignore", message=".*functools.lru_cache.*wrapped function")
+        contenders_used["slicing_compiled"] = (torch.compile(laplacian_quadratic_form),
+                                               "torch.compile of the slicing form")
+    compared = [name for name in contenders_used if name not in ("slicing", "l2", "floor")]
+    results = {}
+    for size in image_sizes:
+        generator = torch.Generator().manual_seed(seed)
+        grad64 = torch.randn(batch_size, 3, size, size, generator=generator, dtype=torch.float64)
+        density64 = torch.rand(batch_size, 3, size, size, generator=generator,
+                               dtype=torch.float64)
+        agreement = {}
+        for dtype in (torch.float64, torch.float32):
+            grad, density = grad64.to(device, dtype), density64.to(device, dtype)
+            reference = laplacian_quadratic_form(grad, density)
+            for name in ("conv", "sparse"):
+                value = QUADRATIC_FORM_CONTENDERS[name][0](grad, density)
+                error = ((value - reference).abs() / reference.abs()).max().item()
+                agreement[f"{name}_{str(dtype).split('.')[-1]}"] = error
+        grad = grad64.to(device, torch.float32)
+        density = density64.to(device, torch.float32)
+        leaf = grad.clone().requires_grad_(True)
+
+        def forward(fn):
+            with torch.no_grad():
+                for _ in range(inner):
+                    fn(grad, density)
+
+        def forward_backward(fn):
+            for _ in range(inner):
+                fn(leaf, density).sum().backward()
+            leaf.grad = None
+
+        contenders = {}
+        for name, (fn, _) in contenders_used.items():
+            contenders[f"forward/{name}"] = functools.partial(forward, fn)
+            contenders[f"forward_backward/{name}"] = functools.partial(forward_backward, fn)
+        times = _interleaved(contenders, repeats, warmup, device, rng)
+        entry = dict(max_relative_difference_to_slicing=agreement)
+        for clock in BENCH_CLOCKS:
+            for mode in ("forward", "forward_backward"):
+                seconds = {name: [t / inner for t in times[clock][f"{mode}/{name}"]]
+                           for name in contenders_used}
+                entry.setdefault(clock, {})[mode] = dict(
+                    seconds={name: _spread(value) for name, value in seconds.items()},
+                    ratio_to_slicing={name: _paired_ratios(seconds[name], seconds["slicing"])
+                                      for name in compared},
+                    ratio_to_floor={name: _paired_ratios(seconds[name], seconds["floor"])
+                                    for name in contenders_used if name != "floor"})
+        results[str(size)] = entry
+    return dict(batch_size=batch_size, channels=3, repeats=repeats, calls_per_sample=inner,
+                contenders={k: v[1] for k, v in contenders_used.items()},
+                sizes=results)
+
+
+def _pixel_histograms(n: int, size: int, seed: int) -> torch.Tensor:
+    """n unit-mass grey-level histograms (n, S, S) float64 from the shapes set."""
+    grey = make_shapes(n, size, seed=seed).double().mean(dim=1) + 1.0  # +1: no empty image
+    return grey / grey.sum(dim=(1, 2), keepdim=True)
+
+
+def bench_image_w2(device: torch.device, size: int = 32, pairs: int = 16, repeats: int = 5,
+                   warmup: int = 1, seed: int = 0, rng: random.Random | None = None) -> dict:
+    """Item 3: `image_w2_distance(a, b)` (W2, not squared, between (N, S, S) unit-mass
+    histograms, batched) per pair at S x S against POT's exact `ot.emd2` on the same pairs
+    (ground cost: squared Euclidean distance between pixel centres one unit apart), with
+    the relative error of W2. Target: >= 100x faster at <= 1% error."""
+    module = sys.modules[__name__]
+    if not hasattr(module, "image_w2_distance"):
+        return dict(skipped="image_w2_distance not available")
+    import ot
+
+    rng = rng or random.Random(seed)
+    first = _pixel_histograms(pairs, size, seed)
+    second = _pixel_histograms(pairs, size, seed + 1)
+    ys, xs = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    centres = np.stack([ys.ravel(), xs.ravel()], axis=1).astype(np.float64)
+    cost = ot.dist(centres, centres, metric="sqeuclidean")
+    a_np, b_np = first.reshape(pairs, -1).numpy(), second.reshape(pairs, -1).numpy()
+    a_dev, b_dev = first.to(device), second.to(device)
+    distance = module.image_w2_distance
+
+    def exact():
+        return np.sqrt([ot.emd2(a_np[k], b_np[k], cost, numItermax=10_000_000)
+                        for k in range(pairs)])
+
+    try:
+        fast = torch.as_tensor(distance(a_dev, b_dev)).double().cpu()
+    except Exception as exc:  # a foreign function: record, do not abort the other items
+        return dict(error=f"image_w2_distance(a, b) on (N, S, S) unit-mass histograms "
+                          f"raised {type(exc).__name__}: {exc}")
+    if fast.shape != (pairs,):
+        return dict(error=f"image_w2_distance returned shape {tuple(fast.shape)} for "
+                          f"{pairs} pairs of (S, S) histograms; expected ({pairs},)")
+    reference = torch.from_numpy(exact())
+    relative_error = ((fast - reference).abs() / reference).numpy()
+    contenders = {
+        "emd2_exact": exact,
+        "image_w2_batched": lambda: distance(a_dev, b_dev),
+        "image_w2_one_pair_per_call": lambda: [distance(a_dev[k], b_dev[k])
+                                               for k in range(pairs)],
+    }
+    times = _interleaved(contenders, repeats, warmup, device, rng)
+    result = dict(size=size, pairs=pairs, repeats=repeats,
+                  relative_error=dict(median=float(np.median(relative_error)),
+                                      max=float(relative_error.max())),
+                  w2_exact=reference.tolist(), w2_image_w2_distance=fast.tolist())
+    for clock in BENCH_CLOCKS:
+        per_pair = {name: [t / pairs for t in value] for name, value in times[clock].items()}
+        result[clock] = dict(
+            seconds_per_pair={name: _spread(value) for name, value in per_pair.items()},
+            speedup_over_emd2={name: _paired_ratios(per_pair["emd2_exact"], per_pair[name])
+                               for name in ("image_w2_batched", "image_w2_one_pair_per_call")})
+    return result
+
+
+def bench_throughput(device: torch.device, image_size: int = 32, batch_size: int = 64,
+                     width: int = 512, n_critic: int = 5, iterations: int = 1,
+                     repeats: int = 3, warmup: int = 1, compile: bool = False,
+                     seed: int = 0, rng: random.Random | None = None) -> dict:
+    """Item 4: Algorithm 1's loop as train() runs it between log intervals (n_critic
+    critic steps, one generator step, no host reads) on `shapes` data resident on the
+    device, WGAN-GP vs WWGAN: generator iterations/s, images/s (batch * n_critic real
+    images per generator iteration) and the implied CIFAR-10 epoch (50,000 images). A
+    second WGAN-GP run ("wgan-gp-control") gives the noise of the ratio, as in item 1."""
+    rng = rng or random.Random(seed)
+    images = make_shapes(max(8 * batch_size, 64), image_size, seed=1234).to(device)
+    contenders = {}
+    for loss in ("wgan-gp", "wgan-gp-control", "wwgan"):
+        config = TrainConfig(loss=loss.replace("-control", ""), image_size=image_size,
+                             batch_size=batch_size,
+                             width=width, n_critic=n_critic, compile=compile,
+                             device=str(device), seed=seed)
+        seed_everything(seed)
+        generator, critic = (model.to(device) for model in build_models(config))
+        generator_opt, critic_opt = make_optimizers(config, generator, critic)
+        fast_generator, fast_critic = step_models(config, generator, critic)
+
+        def run(config=config, generator=fast_generator, critic=critic, fast_critic=fast_critic,
+                generator_opt=generator_opt, critic_opt=critic_opt):
+            for _ in range(iterations):
+                for _ in range(config.n_critic):
+                    critic_step(config, generator, critic, critic_opt, images)
+                    critic_opt.step()
+                generator_step(config, generator, fast_critic, generator_opt, device)
+                generator_opt.step()
+
+        contenders[loss] = run
+    times = _interleaved(contenders, repeats, warmup, device, rng)
+    result = dict(image_size=image_size, batch_size=batch_size, width=width, n_critic=n_critic,
+                  iterations_per_sample=iterations, repeats=repeats, compile=compile)
+    for clock in BENCH_CLOCKS:
+        losses = {}
+        for loss, seconds in times[clock].items():
+            per_iteration = [t / iterations for t in seconds]
+            median = float(np.median(per_iteration))
+            losses[loss] = dict(
+                seconds_per_generator_iteration=_spread(per_iteration),
+                generator_iterations_per_second=1.0 / median,
+                images_per_second=batch_size * n_critic / median,
+                cifar10_epoch_seconds=CIFAR10_EPOCH_IMAGES / (batch_size * n_critic) * median)
+        result[clock] = dict(losses=losses, ratio_to_wgan_gp={
+            name: _paired_ratios(times[clock][name], times[clock]["wgan-gp"])
+            for name in ("wgan-gp-control", "wwgan")})
+    return result
+
+
+def bench_settings(device: torch.device, quick: bool = False, **overrides) -> dict:
+    """The sizes each item runs at: the paper's (batch 64, width 512, 32x32 and 64x64) by
+    default, with repetitions that finish in minutes on a CPU; `quick`: tiny, for tests."""
+    cuda = device.type == "cuda"
+    if quick:
+        settings = dict(image_sizes=(16,), batch_size=4, width=16, repeats=2, warmup=1,
+                        quadratic_repeats=2, quadratic_inner=1, w2_size=16, w2_pairs=2,
+                        throughput_iterations=1, throughput_repeats=2, n_critic=2)
+    else:
+        settings = dict(image_sizes=(32, 64), batch_size=64, width=512,
+                        repeats=30 if cuda else 5, warmup=5 if cuda else 1,
+                        quadratic_repeats=50 if cuda else 20, quadratic_inner=20 if cuda else 5,
+                        w2_size=32, w2_pairs=16, throughput_iterations=20 if cuda else 1,
+                        throughput_repeats=10 if cuda else 3, n_critic=5)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "repeats" in overrides:
+        settings.update(quadratic_repeats=overrides["repeats"],
+                        throughput_repeats=overrides["repeats"])
+    settings.update(overrides)
+    return settings
+
+
+def run_benchmarks(device: str = "auto", quick: bool = False, items=BENCH_ITEMS,
+                   compile: bool = False, seed: int = 0, out: str | Path | None = None,
+                   threads: int | None = None, echo=print, **overrides) -> dict:
+    """Run the chosen items and return (and, with `out`, write after each item) one JSON-able
+    dict: machine, settings, command and one entry per item; items not chosen are absent."""
+    device = select_device(device)
+    settings = bench_settings(device, quick, **overrides)
+    rng = random.Random(seed)
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    report = dict(machine=machine_info(device), settings=dict(settings, quick=quick,
+                  compile=compile, seed=seed), command=" ".join(["wwgan"] + sys.argv[1:]),
+                  items={})
+    s = settings
+    runners = {
+        "critic_step": lambda: bench_critic_step(
+            device, s["image_sizes"], s["batch_size"], s["width"], s["repeats"], s["warmup"],
+            seed, rng),
+        "quadratic_form": lambda: bench_quadratic_form(
+            device, s["image_sizes"], s["batch_size"], s["quadratic_repeats"],
+            s["quadratic_inner"], s["warmup"], seed, rng, compile),
+        "image_w2": lambda: bench_image_w2(device, s["w2_size"], s["w2_pairs"],
+                                           max(2, s["repeats"]), s["warmup"], seed, rng),
+        "throughput": lambda: bench_throughput(
+            device, s["image_sizes"][0], s["batch_size"], s["width"], s["n_critic"],
+            s["throughput_iterations"], s["throughput_repeats"], s["warmup"], compile,
+            seed, rng),
+    }
+    flags = apply_gpu_performance_flags(device)
+    try:
+        for item in items:
+            started = time.perf_counter()
+            report["items"][item] = result = runners[item]()
+            result["bench_seconds"] = round(time.perf_counter() - started, 2)
+            echo(format_bench_item(item, result, device))
+            if out is not None:
+                _write_json(report, out)
+    finally:
+        restore_backend_flags(flags)
+        torch.set_num_threads(previous_threads)
+    report["derived"] = implied_penalty_overhead(report["items"])
+    if report["derived"]:
+        echo("\nWWGAN / WGAN-GP critic step implied by item 2 (1 + (t_slicing - t_l2) / "
+             "t_wgan-gp, forward_backward medians): " + ", ".join(
+                 f"{size}: " + " ".join(f"{clock} {value:.4f}" for clock, value in by_clock.items())
+                 for size, by_clock in report["derived"]["wwgan_over_wgan_gp"].items()))
+    report["machine"]["load_average_after"] = (list(os.getloadavg())
+                                               if hasattr(os, "getloadavg") else None)
+    if out is not None:
+        _write_json(report, out)
+    return report
+
+
+def implied_penalty_overhead(items: dict) -> dict:
+    """WWGAN / WGAN-GP critic step as its parts predict it: the two steps differ only in
+    the norm (g^T L~ g by slicing vs ||g||^2, forward and backward), so the ratio is
+    1 + (t_slicing - t_l2) / t_wgan-gp. Item 2 times those parts with little noise, so this
+    resolves what item 1's direct ratio cannot on a busy machine. {} without both items."""
+    if "sizes" not in items.get("critic_step", {}) or "sizes" not in items.get(
+            "quadratic_form", {}):
+        return {}
+    implied = {}
+    for size, step in items["critic_step"]["sizes"].items():
+        parts = items["quadratic_form"]["sizes"].get(size)
+        if parts is None:
+            continue
+        implied[size] = {}
+        for clock in BENCH_CLOCKS:
+            seconds = parts[clock]["forward_backward"]["seconds"]
+            extra = seconds["slicing"]["median"] - seconds["l2"]["median"]
+            implied[size][clock] = 1.0 + extra / step[clock]["seconds"]["wgan-gp"]["median"]
+    return dict(wwgan_over_wgan_gp=implied) if implied else {}
+
+
+def _write_json(obj: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _fmt_seconds(spread: dict) -> str:
+    def one(x):
+        return f"{x * 1e3:.3g} ms" if x < 1 else f"{x:.3g} s"
+    return f"{one(spread['median'])} [{one(spread['p25'])}, {one(spread['p75'])}]"
+
+
+def _fmt_ratio(spread: dict | None) -> str:
+    if not spread:
+        return ""
+    return f"{spread['median']:.3f} [{spread['p25']:.3f}, {spread['p75']:.3f}]"
+
+
+def format_bench_item(item: str, result: dict, device: torch.device) -> str:
+    """A plain-text table of one item, both clocks: medians with [25th, 75th percentile]."""
+    if "skipped" in result or "error" in result:
+        return f"\n{item}: {result.get('skipped') or result.get('error')}"
+    lines = []
+    if item == "critic_step":
+        lines.append(f"\n1. critic step on {device}, batch {result['batch_size']}, width "
+                     f"{result['width']}, {result['repeats']} interleaved repeats "
+                     f"(median [p25, p75])")
+        lines.append(f"{'size':>5}  {'loss':<15} {'clock':<5} {'seconds':<32} ratio to wgan-gp")
+        for size, entry in result["sizes"].items():
+            for clock in BENCH_CLOCKS:
+                for loss, spread in entry[clock]["seconds"].items():
+                    ratio = entry[clock]["ratio_to_wgan_gp"].get(loss)
+                    lines.append(f"{size:>5}  {loss:<15} {clock:<5} {_fmt_seconds(spread):<32} "
+                                 f"{_fmt_ratio(ratio) or '1'}")
+    elif item == "quadratic_form":
+        lines.append(f"\n2. quadratic form g^T L~ g alone on {device}, batch "
+                     f"{result['batch_size']} x 3 channels, float32, per call "
+                     f"(median [p25, p75])")
+        lines.append(f"{'size':>5}  {'clock':<5} {'mode':<17} {'impl':<16} {'seconds':<32} "
+                     f"{'ratio to slicing':<24} ratio to floor")
+        for size, entry in result["sizes"].items():
+            for clock in BENCH_CLOCKS:
+                for mode in ("forward", "forward_backward"):
+                    block = entry[clock][mode]
+                    for name, spread in block["seconds"].items():
+                        lines.append(
+                            f"{size:>5}  {clock:<5} {mode:<17} {name:<16} "
+                            f"{_fmt_seconds(spread):<32} "
+                            f"{_fmt_ratio(block['ratio_to_slicing'].get(name)):<24} "
+                            f"{_fmt_ratio(block['ratio_to_floor'].get(name))}")
+            agreement = ", ".join(f"{k} {v:.1e}" for k, v in
+                                  entry["max_relative_difference_to_slicing"].items())
+            lines.append(f"{size:>5}  max relative difference to slicing: {agreement}")
+    elif item == "image_w2":
+        lines.append(f"\n3. W2 between {result['size']}x{result['size']} images, "
+                     f"{result['pairs']} pairs, per pair (median [p25, p75])")
+        for clock in BENCH_CLOCKS:
+            for name, spread in result[clock]["seconds_per_pair"].items():
+                speedup = _fmt_ratio(result[clock]["speedup_over_emd2"].get(name))
+                lines.append(f"  {clock:<5} {name:<28} {_fmt_seconds(spread):<32} "
+                             f"{'speed-up ' + speedup if speedup else ''}")
+        error = result["relative_error"]
+        lines.append(f"  relative error of W2 vs ot.emd2: median {error['median']:.2e}, "
+                     f"max {error['max']:.2e}")
+    elif item == "throughput":
+        lines.append(f"\n4. training throughput on {device}, {result['image_size']}x"
+                     f"{result['image_size']}, batch {result['batch_size']}, width "
+                     f"{result['width']}, n_critic {result['n_critic']}, compile "
+                     f"{result['compile']}")
+        for clock in BENCH_CLOCKS:
+            for loss, entry in result[clock]["losses"].items():
+                lines.append(
+                    f"  {clock:<5} {loss:<15} "
+                    f"{_fmt_seconds(entry['seconds_per_generator_iteration'])} per generator "
+                    f"iteration, {entry['generator_iterations_per_second']:.3g} it/s, "
+                    f"{entry['images_per_second']:.4g} images/s, CIFAR-10 epoch "
+                    f"{entry['cifar10_epoch_seconds']:.4g} s")
+            for name, ratio in result[clock]["ratio_to_wgan_gp"].items():
+                lines.append(f"  {clock:<5} {name} / wgan-gp: {_fmt_ratio(ratio)}")
+    lines.append(f"  ({result['bench_seconds']} s)")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------
@@ -3145,6 +3826,50 @@ def table_command(inputs, out, command):
 
 
 # (cli: benchmark commands)
+@cli.command("bench")
+@click.option("--out", default="results/bench.json", show_default=True, type=click.Path(),
+              help="JSON file for every number (written after each item).")
+@click.option("--quick", is_flag=True, help="Tiny sizes (seconds), to check that it runs.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--item", "items", multiple=True, type=click.Choice(BENCH_ITEMS),
+              help="Run only these items (repeatable; default: all).")
+@click.option("--image-size", "image_sizes", multiple=True, type=click.Choice(["16", "32", "64",
+              "128"]), help="Critic-step and quadratic-form sizes (default: 32 and 64).")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Default: 64, the paper's.")
+@click.option("--width", default=None, type=click.IntRange(min=8),
+              help="Model channels at 4x4 (default: 512, the paper's).")
+@click.option("--repeats", default=None, type=click.IntRange(min=1),
+              help="Interleaved repetitions per item (default: 5 on CPU, 30 on CUDA).")
+@click.option("--throughput-iterations", default=None, type=click.IntRange(min=1),
+              help="Generator iterations per throughput sample (default: 1 CPU, 20 CUDA).")
+@click.option("--compile", is_flag=True, help="torch.compile in the throughput item, as "
+              "`train --compile` does.")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="torch CPU threads (default: torch's); 1 makes CPU time robust on a "
+                   "shared machine.")
+@click.option("--seed", default=0, show_default=True, type=int)
+def bench_command(out, quick, device, items, image_sizes, compile, threads, seed, **overrides):
+    """Measure the penalty's cost, the quadratic form, image W2 and training throughput,
+    interleaved in one process; print tables and write OUT (JSON)."""
+    if image_sizes:
+        overrides["image_sizes"] = tuple(int(size) for size in image_sizes)
+    run_benchmarks(device, quick, items or BENCH_ITEMS, compile, seed, out, threads,
+                   echo=click.echo, **overrides)
+    click.echo(f"wrote {out}")
+
+
+# `train` options for the performance fields of TrainConfig (kept beside `bench`).
+for _option in (
+    click.option("--compile/--no-compile", default=False, show_default=True,
+                 help="torch.compile the generator and the generator step's critic (the "
+                      "penalty's double backward stays eager)."),
+    click.option("--tf32/--no-tf32", default=True, show_default=True,
+                 help="CUDA only: TF32 tensor cores in the models' matmuls and convolutions."),
+    click.option("--cudnn-benchmark/--no-cudnn-benchmark", default=True, show_default=True,
+                 help="CUDA only: let cuDNN autotune convolution algorithms."),
+):
+    train_command = _option(train_command)
 
 
 # (cli: critic experiments)
