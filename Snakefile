@@ -24,7 +24,25 @@ min_version("8.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, os.path.join(workflow.basedir, "config", "config.schema.yaml"))
+def schema_error(settings, schema, what):
+    """None, or Snakemake's schema validation error on one line that names the offending
+    key (its own message prints the whole schema and config for a top-level error)."""
+    from jsonschema import ValidationError
+
+    try:
+        validate(settings, os.path.join(workflow.basedir, "config", schema))
+    except WorkflowError as exc:
+        cause = exc.__context__
+        if not isinstance(cause, ValidationError):
+            raise
+        key = ".".join(map(str, cause.absolute_path)) or "top level"
+        return f"invalid {what}: {key}: {cause.message}"
+    return None
+
+
+_error = schema_error(config, "config.schema.yaml", "config (config/config.yaml, --configfile)")
+if _error:
+    raise WorkflowError(_error)
 
 
 # ---------------------------------------------------------------------------------------
@@ -42,7 +60,8 @@ def _like(template, value):
         return merged
     if isinstance(value, list) and isinstance(template, list) and template:
         return [_like(template[0], item) for item in value]
-    if isinstance(value, str) and not isinstance(template, str) and template is not None:
+    # Only scalars are parsed: list("abc") would turn `seeds=abc` into ['a', 'b', 'c'].
+    if isinstance(value, str) and isinstance(template, (bool, int, float)):
         if isinstance(template, bool):
             return {"true": True, "false": False}.get(value.lower(), value)
         try:
@@ -62,7 +81,9 @@ S = dict(config["presets"][PRESET])
 for _key, _value in config.items():
     if _key not in ("preset", "presets"):
         S[_key] = _like(S.get(_key), _value)
-validate(S, os.path.join(workflow.basedir, "config", "settings.schema.yaml"))
+_error = schema_error(S, "settings.schema.yaml", f"preset {PRESET!r} with --config overrides")
+if _error:
+    raise WorkflowError(_error)
 if S["train"]["snapshot_every"] > S["train"]["iterations"]:
     raise WorkflowError("train.snapshot_every must not exceed train.iterations")
 

@@ -104,6 +104,7 @@ class TrainConfig:
     compile: bool = False              # torch.compile the generator and the generator step's critic
 
     def __post_init__(self):
+        min_width = _min_width(self.image_size)
         checks = [
             (self.loss in LOSSES, f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}"),
             (self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}"),
@@ -118,8 +119,9 @@ class TrainConfig:
             (self.image_size in SUPPORTED_IMAGE_SIZES,
              f"image size {self.image_size} is not supported by the models; "
              f"choose from {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}"),
-            (self.width >= 2 ** (_num_stages(self.image_size) - 1) if self.image_size
-             in SUPPORTED_IMAGE_SIZES else True, f"width {self.width} is too small"),
+            (self.width >= min_width,
+             f"width {self.width} is too small for image size {self.image_size}: the models "
+             f"halve it at each of their upsampling stages; use --width {min_width} or more"),
         ]
         for ok, message in checks:
             if not ok:
@@ -138,9 +140,18 @@ def select_device(name: str = "auto") -> torch.device:
     """CUDA when available unless the user names a device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise WWGANError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise WWGANError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise WWGANError(f"device {name!r} requested but there are only "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise WWGANError(f"device {name!r} requested but MPS is not available")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -270,7 +281,9 @@ def list_image_files(root: str | Path) -> ImageFiles:
     ignored; files without an image extension are skipped."""
     root = Path(root)
     if not root.is_dir():
-        raise WWGANError(f"image folder {root} does not exist; pass --data-root DIR")
+        what = ("is a file, not a folder" if root.exists() else "is a broken symbolic link"
+                if root.is_symlink() else "does not exist")
+        raise WWGANError(f"image folder {root} {what}; pass --data-root DIR")
     entries = sorted(os.path.join(root, name) for name in os.listdir(root)
                      if not name.startswith("."))
     subdirs = [p for p in entries if os.path.isdir(p)]
@@ -442,6 +455,9 @@ def load_image_files(config: TrainConfig, listing: ImageFiles, name: str,
         images, ok = decode_images(paths, config.image_size, crop_fraction, config.channels,
                                    exif_transpose, desc=f"decoding {name}")
         label_array = np.asarray(labels, dtype=np.int64)[keep] if with_labels else None
+        if not ok.any():  # before the warning below: the error alone says it all
+            raise WWGANError(f"no usable images under {listing.root}: all {len(paths)} image "
+                             f"file(s) failed to decode (corrupt or not images), e.g. {paths[0]}")
         skipped = list(listing.skipped) + [(p, "unreadable") for p, good in zip(paths, ok)
                                            if not good]
         if skipped:
@@ -451,9 +467,6 @@ def load_image_files(config: TrainConfig, listing: ImageFiles, name: str,
             detail = ", ".join(f"{k} {reason}" for reason, k in counts.items())
             _warn(f"skipped {len(skipped)} file(s) under {listing.root}: {detail} "
                   f"(e.g. {skipped[0][0]})")
-        if not ok.any():
-            raise WWGANError(f"no usable images under {listing.root}: all {len(paths)} image "
-                             f"file(s) failed to decode (corrupt or not images)")
         if not ok.all():
             images = images[ok]
             label_array = label_array[ok] if with_labels else None
@@ -684,6 +697,11 @@ SUPPORTED_IMAGE_SIZES = (16, 32, 64, 128)
 
 def _num_stages(image_size: int) -> int:
     return int(round(math.log2(image_size // 4)))
+
+
+def _min_width(image_size: int) -> int:
+    """The smallest `width` the models can halve down to one channel at `image_size`."""
+    return 2 ** (_num_stages(image_size) - 1) if image_size in SUPPORTED_IMAGE_SIZES else 1
 
 
 class Critic(nn.Module):
@@ -1128,6 +1146,20 @@ def atomic_torch_save(obj: Any, path: Path, keep_previous: bool = False) -> None
             tmp.unlink()
 
 
+def make_run_dir(out: Path) -> None:
+    """Create OUT and write a probe file in it, so that an unwritable --out fails at once
+    with its name instead of at the first checkpoint (root ignores permission bits, so
+    only a real write tells)."""
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise WWGANError(f"cannot write to the run directory {out} ({exc.strerror or exc}); "
+                         f"pass a writable --out") from exc
+
+
 def previous_checkpoint_path(path: Path) -> Path:
     return Path(path).with_suffix(".prev.pt")
 
@@ -1263,7 +1295,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
                          f"{ctx.world_size} processes; use a multiple of {ctx.world_size}")
     local_batch = config.batch_size // ctx.world_size
     images = load_dataset(config)  # before creating OUT: missing data leaves nothing behind
-    out.mkdir(parents=True, exist_ok=True)
+    make_run_dir(out)
     if tuple(images.shape[1:]) != (config.channels, config.image_size, config.image_size):
         raise WWGANError(f"dataset images are {tuple(images.shape[1:])}, the model expects "
                          f"{(config.channels, config.image_size, config.image_size)}")
@@ -1982,16 +2014,16 @@ def read_fid_curve(path: str | Path) -> list[dict]:
     import csv
 
     rows = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
+    try:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
                 rows.append(dict(iteration=int(row["iteration"]),
                                  train_seconds=float(row["train_seconds"]),
                                  fid=float(row["fid"]) if row.get("fid") else math.nan,
                                  swd=float(row["swd"]) if row.get("swd") else math.nan))
-            except (KeyError, ValueError, TypeError):
-                raise WWGANError(f"{path}: not a fid_curve.csv (columns "
-                                 f"{','.join(FID_CURVE_COLUMNS)})")
+    except (KeyError, ValueError, TypeError, csv.Error):  # a binary file: UnicodeDecodeError
+        raise WWGANError(f"{path}: not a fid_curve.csv (columns "
+                         f"{','.join(FID_CURVE_COLUMNS)})")
     return rows
 
 
@@ -2040,7 +2072,9 @@ def fid_curve(run_dir: str | Path, out: str | Path, stats: str | Path | None = N
                                             else previous_checkpoint_path(checkpoint))
     del final
     if not sources:
-        raise WWGANError(f"{run_dir}: no generator snapshots; train with --snapshot-every K")
+        raise WWGANError(f"{run_dir}: no checkpoint.pt and no snapshots/generator_*.pt, not a "
+                         f"training run; train one with `wwgan train --out {run_dir} "
+                         f"--snapshot-every K`")
 
     rows = {r["iteration"]: r for r in read_fid_curve(out)} if out.exists() else {}
     needed = [k for k in ("fid", "swd") if k == "swd" or compute_fid]
@@ -2583,9 +2617,12 @@ def _run_config_of(path: Path) -> dict | None:
     if not config.exists():
         return None
     try:
-        return json.loads(config.read_text())
+        values = json.loads(config.read_text())
     except ValueError:
         raise WWGANError(f"{config}: not valid JSON")
+    if not isinstance(values, dict):
+        raise WWGANError(f"{config}: not a run's config (a JSON object)")
+    return values
 
 
 def _time_unit(seconds: float) -> tuple[float, str]:
@@ -2669,7 +2706,8 @@ def render_fid_curves(inputs: list[Path], out: Path) -> list[Path]:
             key = (config.get("dataset", "?"), config.get("loss", "?"))
             groups.setdefault(key, []).append(rows)
     if not groups:
-        raise WWGANError("the fid_curve.csv inputs hold no rows")
+        raise WWGANError(f"no rows in {', '.join(map(str, inputs))}; write them with "
+                         f"`wwgan fid-curve RUN`")
     metrics = [m for m in ("fid", "swd") if any(math.isfinite(r[m]) for runs in groups.values()
                                                 for rows in runs for r in rows)]
     if not metrics:
@@ -3649,13 +3687,21 @@ def _fid_curve_records(path: Path) -> list[dict]:
     and RUN/config.json (loss, seed, dataset, batch, n_critic, Adam preset)."""
     import csv
 
-    with open(path, newline="") as f:
-        rows = [row for row in csv.DictReader(f) if _number(row.get("iteration")) is not None]
+    try:
+        with open(path, newline="") as f:
+            rows = [row for row in csv.DictReader(f) if _number(row.get("iteration")) is not None]
+    except (ValueError, csv.Error):  # a binary file: UnicodeDecodeError
+        raise WWGANError(f"{path}: not a fid_curve.csv; rerun `wwgan fid-curve`")
     if not rows:
         raise WWGANError(f"{path}: no rows with an iteration; rerun `wwgan fid-curve`")
     last = max(rows, key=lambda row: _number(row["iteration"]))
     config_path = path.parent / "config.json"
-    run = json.loads(config_path.read_text()) if config_path.exists() else {}
+    try:
+        run = json.loads(config_path.read_text()) if config_path.exists() else {}
+    except ValueError as exc:
+        raise WWGANError(f"{config_path}: not valid JSON ({exc})")
+    if not isinstance(run, dict):
+        raise WWGANError(f"{config_path}: not a run's config (a JSON object)")
     optimizer = _optimizer_name(run)
     base = dict(loss=run.get("loss", "?"), seed=run.get("seed"),
                 setting=f"{run.get('dataset', path.parent.name)}, {optimizer} Adam preset")
@@ -3693,7 +3739,8 @@ def results_records(paths) -> tuple[list[dict], dict]:
     records, shares = [], {}
     for path in map(Path, paths):
         if not path.is_file():
-            raise WWGANError(f"{path}: no such result file")
+            raise WWGANError(f"{path}: " + ("a folder, not a result file" if path.is_dir()
+                                            else "no such result file"))
         known = "fid_curve.csv, shift.json, noise.json, neighbours.json"
         if path.suffix == ".csv":
             records += _fid_curve_records(path)
@@ -3756,6 +3803,8 @@ def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
     import datetime
 
     records, shares = results_records(paths)
+    if not records and not shares:
+        raise WWGANError(f"no numbers to tabulate in {', '.join(map(str, paths))}")
     records += _epoch_ratio_records(records)
     groups: dict = {}
     for r in records:

@@ -6,8 +6,10 @@ import csv
 import os
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,6 +146,160 @@ def test_rerun_recomputes_nothing_and_a_changed_setting_reruns_only_its_runs(tmp
                        "train={iterations: 4, snapshot_every: 1}", "critic_runs={iterations: 2}")
     assert re.findall(r"output: (\S+/train\.done)", longer.stdout) == [
         str(markers[1].relative_to(tmp_path))]
+
+
+# ---------------------------------------------------------------------------------------
+# interruptions and failures
+# ---------------------------------------------------------------------------------------
+
+# Two short runs (a critic run and a FID run, seed 0, WWGAN) with a checkpoint and a
+# metrics row every 2 iterations, so that an interruption lands mid-training.
+TWO_RUNS = ["--config", "preset=smoke", "seeds=[0]", "losses=[wwgan]",
+            "train={iterations: 24, snapshot_every: 12, "
+            "extra_args: '--max-images 64 --checkpoint-every 2 --log-every 2'}",
+            "critic_runs={iterations: 24}"]
+
+
+def start_snakemake(workdir: Path, *args: str) -> subprocess.Popen:
+    """Snakemake in its own process group, as a shell runs a foreground job: a terminal's
+    Ctrl-C sends SIGINT to the whole group, the jobs included."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(workdir), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+
+
+def interrupt_when(proc: subprocess.Popen, condition, sig: int, timeout: float = 300) -> str:
+    """Send `sig` to proc's process group as soon as `condition()` holds; its output."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError("snakemake ended before the interruption:\n" + proc.stdout.read())
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("timed out waiting to interrupt snakemake")
+        time.sleep(0.02)
+    os.killpg(proc.pid, sig)
+    out, _ = proc.communicate(timeout=120)
+    return out
+
+
+def files_with_times(folder: Path) -> dict:
+    """{relative path: (mtime_ns, bytes)} of every file under folder."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def metrics_iterations(run: Path) -> list:
+    return [json.loads(line)["iteration"]
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def logged_beyond(run: Path, iteration: int) -> bool:
+    """Whether the run has logged a metrics row past `iteration` (while it writes)."""
+    try:
+        return max(metrics_iterations(run), default=0) > iteration
+    except (OSError, ValueError):  # no file yet, or a row half written
+        return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_and_kill_9_of_snakemake_recompute_nothing_that_finished(tmp_path):
+    """Ctrl-C after the first run finished (mid-way through the second), then kill -9 of
+    the whole process group while the second resumes: the finished run is never touched
+    again, the interrupted one resumes from its checkpoint and ends like an uninterrupted
+    run would (every metrics row once), and the downstream rule runs."""
+    runs = tmp_path / "results" / "smoke" / "runs"
+
+    def run_dirs():
+        return sorted(p.parent for p in runs.glob("*/shapes/wwgan/*/seed0/config.json"))
+
+    def midway():  # one run done, the other has written a checkpoint
+        done = [r for r in run_dirs() if (r / "train.done").exists()]
+        busy = [r for r in run_dirs() if (r / "checkpoint.pt").exists() and r not in done]
+        return bool(done and busy)
+
+    proc = start_snakemake(tmp_path, "--cores", "1", "--until", "train", *TWO_RUNS)
+    out = interrupt_when(proc, midway, signal.SIGINT)
+    assert proc.returncode != 0, out
+    assert "Traceback" not in out, out
+    (finished,) = [r for r in run_dirs() if (r / "train.done").exists()]
+    (interrupted,) = [r for r in run_dirs() if r != finished]
+    assert wwgan.load_checkpoint(finished / "checkpoint.pt")["iteration"] == 24
+    reached = wwgan.load_checkpoint(interrupted / "checkpoint.pt")["iteration"]
+    assert 0 < reached < 24
+    finished_log = tmp_path / "logs" / "smoke" / "runs" / finished.relative_to(runs) / "train.log"
+    before = files_with_times(finished)
+    log_before = (finished_log.stat().st_mtime_ns, finished_log.read_bytes())
+
+    # the rerun resumes the interrupted run; kill -9 everything once it has made progress
+    proc = start_snakemake(tmp_path, "--cores", "1", "--until", "train", *TWO_RUNS)
+    interrupt_when(proc, lambda: logged_beyond(interrupted, reached), signal.SIGKILL)
+    assert not (interrupted / "train.done").exists()
+
+    # Snakemake's lock outlives kill -9; it says so and how to remove it
+    locked = snakemake(tmp_path, "--cores", "1", "--until", "train", *TWO_RUNS)
+    assert locked.returncode != 0
+    assert "Directory cannot be locked" in locked.stderr and "--unlock" in locked.stderr
+    assert "Traceback" not in locked.stdout + locked.stderr
+    unlock = snakemake(tmp_path, "--unlock", *TWO_RUNS)
+    assert unlock.returncode == 0, unlock.stdout + unlock.stderr
+
+    # the interrupted run and one downstream rule, nothing else
+    fid_run = next(r for r in run_dirs() if r.relative_to(runs).parts[0] == "fid")
+    targets = [str((r / "train.done").relative_to(tmp_path)) for r in run_dirs()]
+    targets.append(str((fid_run / "samples.png").relative_to(tmp_path)))
+    final = snakemake(tmp_path, "--cores", "1", *targets, *TWO_RUNS)
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert job_counts(final.stdout + final.stderr) == {"train": 1, "samples": 1, "total": 2}
+    after = files_with_times(finished)
+    assert {name: after[name] for name in before} == before
+    assert set(after) - set(before) <= {"samples.png"}
+    assert (finished_log.stat().st_mtime_ns, finished_log.read_bytes()) == log_before
+    assert wwgan.load_checkpoint(interrupted / "checkpoint.pt")["iteration"] == 24
+    assert metrics_iterations(interrupted) == list(range(2, 25, 2))
+    assert (interrupted / "train.done").exists() and (fid_run / "samples.png").stat().st_size
+
+
+@pytest.mark.slow
+def test_a_failed_job_leaves_nothing_a_later_rule_would_take_for_done(tmp_path):
+    """A training job that fails (its data is missing) leaves no train.done, the marker
+    being touched only after success, while its sibling finishes (--keep-going); a
+    fid_curve job that fails after writing part of its CSV leaves no CSV (Snakemake
+    removes a failed job's outputs). Once fixed, only the failed training runs again."""
+    no_data = [*TWO_RUNS[:-1], "critic_runs={iterations: 24, dataset: folder}"]
+    failed = snakemake(tmp_path, "--cores", "1", "--keep-going", "--until", "train", *no_data)
+    assert failed.returncode != 0
+    assert "Error in rule train" in failed.stdout + failed.stderr
+    runs = tmp_path / "results" / "smoke" / "runs"
+    assert [p.relative_to(runs).parts[:3] for p in runs.glob("**/train.done")] == [
+        ("fid", "shapes", "wwgan")]
+    assert not (runs / "critic").exists()  # data is checked before the run folder is made
+    (log,) = tmp_path.glob("logs/smoke/runs/critic/folder/wwgan/*/seed0/train.log")
+    assert "wwgan: error: image folder data does not exist" in log.read_text()
+    (fid_run,) = [p.parent for p in runs.glob("fid/shapes/wwgan/*/seed0/train.done")]
+    trained = files_with_times(fid_run)
+
+    # fid-curve scores snapshot 12, writes the CSV, then meets a torn snapshot 24
+    (fid_run / "snapshots" / "generator_0000024.pt").write_bytes(b"torn by a crash")
+    curve = str((fid_run / "fid_curve.csv").relative_to(tmp_path))
+    failed = snakemake(tmp_path, "--cores", "1", curve, *TWO_RUNS)
+    text = failed.stdout + failed.stderr
+    assert failed.returncode != 0 and "Error in rule fid_curve" in text
+    # the partial CSV existed, and Snakemake removed it
+    assert "Removing output files of failed job fid_curve" in text and curve in text
+    assert not (fid_run / "fid_curve.csv").exists()
+    (log,) = tmp_path.glob("logs/smoke/runs/fid/*/*/*/seed0/fid_curve.log")
+    assert "generator_0000024.pt: not a readable wwgan checkpoint" in log.read_text()
+
+    # fixed: the critic runs on data that exists; the finished FID run is left alone
+    fixed = snakemake(tmp_path, "--cores", "1", "--until", "train", *TWO_RUNS)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert job_counts(fixed.stdout + fixed.stderr) == {"train": 1, "total": 1}
+    assert list(runs.glob("critic/shapes/wwgan/*/seed0/train.done"))
+    trained.pop("snapshots/generator_0000024.pt")  # torn above
+    after = files_with_times(fid_run)
+    assert {name: after[name] for name in trained} == trained
 
 
 @pytest.mark.slow
