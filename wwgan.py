@@ -1150,7 +1150,7 @@ def make_run_dir(out: Path) -> None:
     """Create OUT and write a probe file in it, so that an unwritable --out fails at once
     with its name instead of at the first checkpoint (root ignores permission bits, so
     only a real write tells)."""
-    probe = out / f".write-test-{os.getpid()}"
+    probe = out / f".write-test.tmp-{os.getpid()}"  # a kill leaves it to the stale sweep
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe.touch()

@@ -33,7 +33,8 @@ TINY = ["--width", "16", "--batch-size", "8", "--n-critic", "1", "--image-size",
 # urllib honours these: a download attempt is refused at once instead of reaching the net
 # (so the offline cases give the same answer on a machine that has network access)
 NO_NETWORK = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
-              "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+              "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+              "no_proxy": "", "NO_PROXY": ""}
 
 
 def one_error_line(code, err: str) -> str:
@@ -76,36 +77,62 @@ def _snakemake(workdir, *args):
             "--directory", str(workdir), "-n", "--cores", "1", *args]
 
 
-# name -> tmp -> (command, extra environment)
-COMMANDS = {
-    "unknown_loss": lambda t: (_wwgan("train", "--out", t / "run", "--loss", "l1"), {}),
-    "negative_iterations": lambda t: (_wwgan("train", "--out", t / "run", "--iterations",
-                                             "-5"), {}),
-    "unsupported_image_size": lambda t: (_wwgan("train", "--out", t / "run", "--image-size",
-                                                "48"), {}),
-    "out_is_a_file": lambda t: (_wwgan("train", "--out", t / "a_file", *TINY), {}),
-    "out_not_creatable": lambda t: (_wwgan("train", "--out", "/proc/wwgan-out", *TINY), {}),
-    "device_cuda_without_cuda": lambda t: (_wwgan("train", "--out", t / "run", "--device",
-                                                  "cuda", *TINY), {}),
-    "download_unknown_dataset": lambda t: (_wwgan("download", "mnist", "--root", t), {}),
-    "fid_stats_without_inception_weights": lambda t: (_wwgan(
-        "fid-stats", "--dataset", "shapes", "--image-size", "16", "--num-images", "8",
-        "--device", "cpu", "--out", t / "stats.npz"),
-        {"TORCH_HOME": str(t / "empty_torch_home"), **NO_NETWORK}),
-    "figure_unknown_name": lambda t: (_wwgan("figure", "fig-7", "--input", t / "a_file",
-                                             "--out", t / "figure"), {}),
-    "workflow_config_not_yaml": lambda t: (_snakemake(t / "wf1", "--configfile",
-                                                      t / "broken.yaml"), {}),
-    "workflow_config_wrong_type": lambda t: (_snakemake(t / "wf2", "--config", "preset=smoke",
-                                                        "seeds=notalist"), {}),
-    "workflow_config_unknown_key": lambda t: (_snakemake(t / "wf3", "--config", "preset=smoke",
-                                                         "colour=red"), {}),
+# case: (command for tmp folder t, extra environment, kind of error, expected message with
+# {t} for the tmp folder, a path under t the failed command must not have created or None).
+# Kinds: "usage" (click: exit 2), "wwgan" (one `wwgan: error:` line, exit 1), "workflow".
+ENTRY_POINT_CASES = {
+    "unknown_loss": (
+        lambda t: _wwgan("train", "--out", t / "run", "--loss", "l1"), {}, "usage",
+        "Error: Invalid value for '--loss': 'l1' is not one of 'wgan-gp', 'lp', 'wwgan', "
+        "'wwgan-authors'.", "run"),
+    "negative_iterations": (
+        lambda t: _wwgan("train", "--out", t / "run", "--iterations", "-5"), {}, "usage",
+        "Error: Invalid value for '--iterations': -5 is not in the range x>=0.", "run"),
+    "unsupported_image_size": (
+        lambda t: _wwgan("train", "--out", t / "run", "--image-size", "48"), {}, "wwgan",
+        "image size 48 is not supported by the models; choose from 16, 32, 64, 128", "run"),
+    "out_is_a_file": (
+        lambda t: _wwgan("train", "--out", t / "a_file", *TINY), {}, "usage",
+        "Error: Invalid value for '--out': Directory '{t}/a_file' is a file.", None),
+    # even root cannot create a folder in /proc
+    "out_not_creatable": (
+        lambda t: _wwgan("train", "--out", "/proc/wwgan-out", *TINY), {}, "wwgan",
+        "cannot write to the run directory /proc/wwgan-out (No such file or directory); "
+        "pass a writable --out", "run"),
+    "device_cuda_without_cuda": (
+        lambda t: _wwgan("train", "--out", t / "run", "--device", "cuda", *TINY), {}, "wwgan",
+        "device 'cuda' requested but CUDA is not available", "run"),
+    "download_unknown_dataset": (
+        lambda t: _wwgan("download", "mnist", "--root", t / "data"), {}, "usage",
+        "Error: Invalid value for '{{cifar10|celeba}}': 'mnist' is not one of 'cifar10', "
+        "'celeba'.", "data"),
+    "fid_stats_without_inception_weights": (
+        lambda t: _wwgan("fid-stats", "--dataset", "shapes", "--image-size", "16",
+                         "--num-images", "8", "--device", "cpu", "--out", t / "stats.npz"),
+        {"TORCH_HOME": "{t}/empty_torch_home", **NO_NETWORK}, "wwgan",
+        "Inception weights for FID not found at {t}/empty_torch_home/hub/checkpoints/"
+        f"{wwgan.FID_WEIGHTS_FILENAME}; run `wwgan fid-weights`", "stats.npz"),
+    "figure_unknown_name": (
+        lambda t: _wwgan("figure", "fig-7", "--input", t / "a_file", "--out", t / "figure"),
+        {}, "wwgan", "unknown figure 'fig-7'; choose from ", "figure.png"),
+    "workflow_config_not_yaml": (
+        lambda t: _snakemake(t / "wf1", "--configfile", t / "broken.yaml"), {}, "workflow",
+        "Config file is not valid JSON or YAML", "wf1/results"),
+    "workflow_config_wrong_type": (
+        lambda t: _snakemake(t / "wf2", "--config", "preset=smoke", "seeds=notalist"), {},
+        "workflow", "invalid preset 'smoke' with --config overrides: seeds: 'notalist' is "
+                    "not of type 'array'", "wf2/results"),
+    "workflow_config_unknown_key": (
+        lambda t: _snakemake(t / "wf3", "--config", "preset=smoke", "colour=red"), {},
+        "workflow", "invalid preset 'smoke' with --config overrides: top level: Additional "
+                    "properties are not allowed ('colour' was unexpected)", "wf3/results"),
 }
 
 
 @pytest.fixture(scope="module")
 def launched(request, tmp_path_factory):
-    """{case: (tmp folder, Popen)} for the COMMANDS the session runs, all started at once."""
+    """(tmp folder, {case: Popen}) for the ENTRY_POINT_CASES the session runs, all started
+    at once."""
     wanted = {item.callspec.params["case"] for item in request.session.items
               if getattr(item, "callspec", None) and item.originalname == "test_entry_point"}
     tmp = tmp_path_factory.mktemp("entry_points")
@@ -115,8 +142,9 @@ def launched(request, tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     procs = {}
     for case in sorted(wanted):
-        command, extra_env = COMMANDS[case](tmp)
-        procs[case] = subprocess.Popen([str(c) for c in command], cwd=tmp, text=True,
+        command, extra_env = ENTRY_POINT_CASES[case][:2]
+        extra_env = {k: v.format(t=tmp) for k, v in extra_env.items()}
+        procs[case] = subprocess.Popen([str(c) for c in command(tmp)], cwd=tmp, text=True,
                                        env={**env, **extra_env}, stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE)
     yield tmp, procs
@@ -126,63 +154,25 @@ def launched(request, tmp_path_factory):
             proc.wait()
 
 
-def finished(launched, case) -> tuple[Path, int, str, str]:
+@pytest.mark.parametrize("case", sorted(ENTRY_POINT_CASES))
+def test_entry_point(launched, case):
+    _, _, kind, message, not_created = ENTRY_POINT_CASES[case]
+    if case == "device_cuda_without_cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
     tmp, procs = launched
     out, err = procs[case].communicate(timeout=300)
-    return tmp, procs[case].returncode, out, err
-
-
-@pytest.mark.parametrize("case", sorted(COMMANDS))
-def test_entry_point(launched, case):
-    tmp, code, out, err = finished(launched, case)
-    if case == "unknown_loss":
-        assert "'l1' is not one of 'wgan-gp', 'lp', 'wwgan'" in usage_error(code, err)
-    elif case == "negative_iterations":
-        assert "'--iterations': -5 is not in the range x>=0" in usage_error(code, err)
-    elif case == "unsupported_image_size":
-        line = one_error_line(code, err)
-        assert line == ("wwgan: error: image size 48 is not supported by the models; "
-                        "choose from 16, 32, 64, 128")
-        assert not (tmp / "run").exists()
-    elif case == "out_is_a_file":
-        assert f"'--out': Directory '{tmp / 'a_file'}' is a file" in usage_error(code, err)
-    elif case == "out_not_creatable":
-        # even root cannot create a folder in /proc
-        line = one_error_line(code, err)
-        assert "cannot write to the run directory /proc/wwgan-out" in line
-        assert "pass a writable --out" in line
-    elif case == "device_cuda_without_cuda":
-        if torch.cuda.is_available():
-            pytest.skip("CUDA is available here")
-        line = one_error_line(code, err)
-        assert "device 'cuda' requested but CUDA is not available" in line
-    elif case == "download_unknown_dataset":
-        assert "'mnist' is not one of 'cifar10', 'celeba'" in usage_error(code, err)
-    elif case == "fid_stats_without_inception_weights":
-        expected = (tmp / "empty_torch_home" / "hub" / "checkpoints" /
-                    wwgan.FID_WEIGHTS_FILENAME)
-        line = one_error_line(code, err)
-        assert f"Inception weights for FID not found at {expected}" in line
-        assert "run `wwgan fid-weights`" in line
-        assert not (tmp / "stats.npz").exists()
-    elif case == "figure_unknown_name":
-        assert "unknown figure 'fig-7'; choose from " in one_error_line(code, err)
-        assert not list(tmp.glob("figure*"))
-    elif case.startswith("workflow_"):
+    code, message = procs[case].returncode, message.format(t=tmp)
+    if kind == "usage":
+        assert usage_error(code, err) == message
+    elif kind == "wwgan":
+        assert one_error_line(code, err).startswith(f"wwgan: error: {message}")
+    else:  # Snakemake's own report of an error: a few lines, never a Python traceback
         text = out + err
         assert code == 1 and "Traceback" not in text, text
-        expected = {
-            "workflow_config_not_yaml": "Config file is not valid JSON or YAML",
-            "workflow_config_wrong_type": "invalid preset 'smoke' with --config overrides: "
-                                          "seeds: 'notalist' is not of type 'array'",
-            "workflow_config_unknown_key": "invalid preset 'smoke' with --config overrides: "
-                                           "top level: Additional properties are not allowed "
-                                           "('colour' was unexpected)",
-        }[case]
-        assert expected in text, text
+        assert message in text, text
         assert "Failed validating" not in text  # the schema dump is gone
-    else:
-        raise AssertionError(f"no check for {case}")
+    if not_created:
+        assert not (tmp / not_created).exists()
 
 
 # ---------------------------------------------------------------------------------------
