@@ -168,18 +168,21 @@ def seed_everything(seed: int) -> None:
 # batches are drawn by index there, so the input pipeline never starves the GPU.
 
 
-def make_shapes(n: int, image_size: int = 32, seed: int = 0) -> torch.Tensor:
+def make_shapes(n: int, image_size: int = 32, seed: int = 0, return_labels: bool = False):
     """A deterministic synthetic set: one bright disc or square at a random position on a
     dark, coloured background, (n, 3, S, S) uint8. Translations matter here, which is what
-    the Wasserstein ground metric is about; no download needed."""
+    the Wasserstein ground metric is about; no download needed. With `return_labels`, also
+    the class of each image (0: disc, 1: square)."""
     rng = np.random.default_rng(seed)
     s = image_size
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     images = np.empty((n, 3, s, s), dtype=np.uint8)
+    labels = np.empty(n, dtype=np.int64)
     for k in range(n):
         radius = rng.uniform(0.12, 0.25) * s
         cy, cx = rng.uniform(radius, s - radius, size=2)
-        if rng.random() < 0.5:
+        labels[k] = rng.random() >= 0.5
+        if labels[k] == 0:
             mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
         else:
             mask = (np.abs(yy - cy) <= radius * 0.85) & (np.abs(xx - cx) <= radius * 0.85)
@@ -187,6 +190,8 @@ def make_shapes(n: int, image_size: int = 32, seed: int = 0) -> torch.Tensor:
         colour = rng.uniform(150, 255, size=3)
         img = background[:, None, None] + (colour - background)[:, None, None] * mask[None]
         images[k] = np.clip(img, 0, 255).astype(np.uint8)
+    if return_labels:
+        return torch.from_numpy(images), torch.from_numpy(labels)
     return torch.from_numpy(images)
 
 
@@ -231,7 +236,7 @@ def load_dataset_with_labels(config: TrainConfig) -> tuple[torch.Tensor, torch.T
 
 def _load_shapes(config: TrainConfig):
     n = config.max_images or 4096
-    return make_shapes(n, config.image_size, seed=1234), None
+    return make_shapes(n, config.image_size, seed=1234, return_labels=True)
 
 
 def subset_indices(n: int, max_images: int, seed: int = 0) -> np.ndarray:
@@ -3639,7 +3644,7 @@ PAPER_NOTES = {
     "FID": "curves only (Fig. 6): comparable",
     "epoch seconds": "WWGAN 218.1, WGAN-GP 236.9 (Fig. 6; dataset, GPU unstated)",
     "epoch time ratio": f"{218.1 / 236.9:.3f} (218.1 / 236.9, Fig. 6)",
-    "shift continuity": "no number (Fig. 4: WWGAN continuous, WGAN-GP oscillates)",
+    "shift roughness": "no number (Fig. 4: WWGAN continuous, WGAN-GP oscillates)",
     "noise separation": "no number (Fig. 5: WGAN-GP separates noisy/clean, WWGAN less)",
     "neighbour class share": "no number (Fig. 1: W2 neighbours look more alike)",
 }
@@ -3648,7 +3653,7 @@ PAPER_NOTES = {
 # load_dataset's default size.
 TRAINING_SET_SIZES = {"cifar10": 50_000, "celeba": 202_599, "shapes": 4096}
 TABLE_METRICS = ("FID", "sliced Wasserstein distance", "seconds per epoch",
-                 "epoch time WWGAN / WGAN-GP", "shift continuity", "noise separation")
+                 "epoch time WWGAN / WGAN-GP", "shift roughness", "noise separation")
 
 
 def mean_ci95(values) -> tuple[float, float | None]:
@@ -3753,12 +3758,13 @@ def results_records(paths) -> tuple[list[dict], dict]:
         except ValueError as exc:
             raise WWGANError(f"{path}: not valid JSON ({exc})")
         if "shift" in name:
-            records += _experiment_records(path, data, "shift continuity", "continuity")
+            records += _experiment_records(path, data, "shift roughness", "roughness")
         elif "noise" in name:
             records += _experiment_records(path, data, "noise separation", "separation")
         elif "neighbo" in name:
-            for metric, key in (("L2", "l2_class_share"), ("W2", "w2_class_share")):
-                value = data.get(key) if isinstance(data, dict) else None
+            for metric, key in (("L2", "l2"), ("W2", "w2")):
+                entry = data.get(key) if isinstance(data, dict) else None
+                value = entry.get("class_share_per_query") if isinstance(entry, dict) else None
                 values = value if isinstance(value, list) else [value]
                 values = [v for v in map(_number, values) if v is not None]
                 if values:
@@ -3866,9 +3872,10 @@ def table_command(inputs, out, command):
     Reads (missing fields are skipped with a warning, other files are an error):
       RUN/fid_curve.csv  last row's fid, swd, train_seconds, iteration; loss, seed,
                          dataset, batch_size, n_critic, lr/betas from RUN/config.json
-      shift.json         runs[*].{loss, seed, continuity}  (optional top-level dataset)
+      shift.json         runs[*].{loss, seed, roughness}  (optional top-level dataset)
       noise.json         runs[*].{loss, seed, separation}  (optional top-level dataset)
-      neighbours.json    {l2_class_share, w2_class_share}: numbers or per-query lists
+      neighbours.json    {l2, w2}.class_share_per_query: the share of each query's
+                         neighbours with its class (labelled datasets only)
     """
     for path in write_results_table(inputs, Path(out), command):
         click.echo(f"wrote {path}")

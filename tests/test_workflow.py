@@ -314,7 +314,7 @@ def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
         for ext in ("png", "pdf"):
             assert (figures / f"{name}.{ext}").stat().st_size > 0, name
     table = (tmp_path / "results" / "smoke" / "table.md").read_text()
-    for metric in ("sliced Wasserstein distance", "shift continuity", "noise separation", "L2"):
+    for metric in ("sliced Wasserstein distance", "shift roughness", "noise separation", "L2"):
         assert metric in table
     assert re.search(r"± [\d.e+-]+ \(n=2\)", table)  # 2 seeds give a confidence interval
     again = snakemake(tmp_path, "-n", "--cores", "2", "--config", "preset=smoke")
@@ -371,7 +371,7 @@ def test_table_aggregates_seeds_and_shows_the_paper_values(tmp_path):
             inputs.append(_write_run(tmp_path, loss, seed, "fid", fid, 0.1 * seed, seconds[loss]))
         inputs.append(_write_run(tmp_path, loss, 0, "robustness", 39.0, 0.2, seconds[loss]))
     shift = tmp_path / "shift.json"
-    shift.write_text(json.dumps({"runs": [dict(loss=loss, seed=s, continuity=c)
+    shift.write_text(json.dumps({"runs": [dict(loss=loss, seed=s, roughness=c)
                                           for loss, cs in (("wgan-gp", [0.5, 0.7]),
                                                            ("wwgan", [0.9, 0.95]))
                                           for s, c in enumerate(cs)]}))
@@ -379,7 +379,8 @@ def test_table_aggregates_seeds_and_shows_the_paper_values(tmp_path):
     noise.write_text(json.dumps({"runs": [dict(loss="wwgan", seed=0, separation=0.3),
                                           dict(loss="wgan-gp", seed=0)]}))  # one lacks it
     neighbours = tmp_path / "neighbours.json"
-    neighbours.write_text(json.dumps({"l2_class_share": 0.25, "w2_class_share": [0.3, 0.5]}))
+    neighbours.write_text(json.dumps({"l2": {"class_share_per_query": [0.25]},
+                                      "w2": {"class_share_per_query": [0.3, 0.5]}}))
     out = tmp_path / "results" / "table.md"
     args = [f"--input={p}" for p in [*inputs, shift, noise, neighbours]]
     result = CliRunner().invoke(wwgan.cli, ["table", *args, "--out", str(out),
@@ -402,7 +403,7 @@ def test_table_aggregates_seeds_and_shows_the_paper_values(tmp_path):
     assert "0.921" in ratio["paper"]
     robust = rows[("FID", "cifar10, robustness Adam preset", "wwgan")]
     assert robust["n"] == "1" and robust["ci95"] == "" and "40" in robust["paper"]
-    assert float(rows[("shift continuity", "critic runs", "wwgan")]["mean"]) == pytest.approx(0.925)
+    assert float(rows[("shift roughness", "critic runs", "wwgan")]["mean"]) == pytest.approx(0.925)
     assert ("noise separation", "critic runs", "wgan-gp") not in rows
     assert float(rows[("neighbour class share", "W2", "")]["mean"]) == pytest.approx(0.4)
 
