@@ -3899,6 +3899,8 @@ def table_command(inputs, out, command):
               help="Interleaved repetitions per item (default: 5 on CPU, 30 on CUDA).")
 @click.option("--throughput-iterations", default=None, type=click.IntRange(min=1),
               help="Generator iterations per throughput sample (default: 1 CPU, 20 CUDA).")
+@click.option("--w2-pairs", default=None, type=click.IntRange(min=1),
+              help="Image pairs in the image_w2 item (default: 16).")
 @click.option("--compile", is_flag=True, help="torch.compile in the throughput item, as "
               "`train --compile` does.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
