@@ -424,7 +424,13 @@ def test_bad_image_size_dataset_and_crop_fail_before_training(tmp_path, capsys):
 
 def test_shapes_needs_no_files_and_is_deterministic():
     images, labels = wwgan.load_dataset_with_labels(config(dataset="shapes", max_images=16))
-    assert labels is None and images.shape == (16, 3, 32, 32)
+    assert images.shape == (16, 3, 32, 32) and set(labels.tolist()) == {0, 1}
+    # the label says which shape: a disc fills ~pi/4 of its bounding box, a square all of it
+    for image, label in zip(images, labels):
+        bright = image.float().mean(0) > 100
+        rows, cols = bright.any(1).nonzero(), bright.any(0).nonzero()
+        box = bright[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert (box.float().mean() > 0.9) == bool(label)
     assert torch.equal(images, wwgan.load_dataset(config(dataset="shapes", max_images=16)))
 
 

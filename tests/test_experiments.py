@@ -277,7 +277,10 @@ def test_neighbours_command(tmp_path):
     j = payload["l2"]["neighbours"][1][0]
     direct = torch.linalg.vector_norm(images[1].double() / 255 - images[2 + j].double() / 255)
     assert payload["l2"]["distances"][1][0] == pytest.approx(direct.item(), rel=1e-9)
-    assert "class_share" not in payload["w2"]  # shapes has no labels
+    # shapes are labelled disc / square: the share is a fraction of the 9 neighbours
+    for name in ("l2", "w2"):
+        shares = np.array(payload[name]["class_share_per_query"])
+        assert np.all((shares * 9).round() == shares * 9) and np.all((0 <= shares) & (shares <= 1))
     run_cli("figure", "neighbours", "--input", out, "--out", tmp_path / "neighbours")
     assert (tmp_path / "neighbours.png").exists()
 
