@@ -297,3 +297,36 @@ def test_motivating_example_command(tmp_path):
         assert float(row["l2"]) == pytest.approx(0.0 if d == 0 else math.sqrt(2))
     run_cli("figure", "motivating-example", "--input", out, "--out", tmp_path / "motivating")
     assert (tmp_path / "motivating.png").exists()
+
+
+def test_experiments_on_real_cifar10(tmp_path):
+    """Shift, noise and neighbours from the CLI on the real CIFAR-10 images in ../shared,
+    with critics trained for two steps on them (tiny models)."""
+    root = shared_path("data", "cifar10")
+    common = dict(dataset="cifar10", data_root=str(root), cache_dir=str(tmp_path / "cache"),
+                  image_size=32, width=16, iterations=2, batch_size=8, n_critic=1,
+                  max_images=120, device="cpu")
+    runs = []
+    for seed, loss in enumerate(("wgan-gp", "wwgan")):
+        runs.append(tmp_path / loss)
+        wwgan.train(wwgan.TrainConfig(out=str(runs[-1]), loss=loss, seed=seed, **common),
+                    progress=False)
+    run_args = [a for run in runs for a in ("--run", run)]
+    run_cli("shift", *run_args, "--num-images", 100, "--device", "cpu", "--out", tmp_path / "shift.json")
+    run_cli("noise", *run_args, "--num-images", 64, "--device", "cpu", "--out", tmp_path / "noise.json")
+    shift = json.loads((tmp_path / "shift.json").read_text())
+    noise = json.loads((tmp_path / "noise.json").read_text())
+    for entry in shift["runs"]:
+        assert np.array(entry["curves"]).shape == (100, 33)  # 100 images, shifts 0..32
+        assert math.isfinite(entry["roughness"])
+        # at 32 steps every image is gone: all curves meet at the critic of a black image
+        assert np.ptp(np.array(entry["curves"])[:, -1]) < 1e-4
+    for entry in noise["runs"]:
+        assert len(entry["clean"]) == len(entry["noisy"]) == 64 and entry["separation"] >= 0
+    run_cli("neighbours", "--dataset", "cifar10", "--data-root", root / "train", "--num-queries", 2,
+            "--num-candidates", 30, "--show", 2, "--device", "cpu", "--out", tmp_path / "nb.json")
+    shares = json.loads((tmp_path / "nb.json").read_text())["w2"]["class_share_per_query"]
+    assert len(shares) == 2 and all(0 <= s <= 1 for s in shares)
+    for name, path in (("shift", "shift.json"), ("noise", "noise.json"), ("neighbours", "nb.json")):
+        run_cli("figure", name, "--input", tmp_path / path, "--out", tmp_path / name)
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
