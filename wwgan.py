@@ -94,11 +94,9 @@ class TrainConfig:
     snapshot_every: int = 0            # keep a generator snapshot every N (for FID curves)
     nan_policy: str = "stop"           # "stop" | "skip"
     max_images: int = 0                # use at most this many training images (0: all)
-    # (config: data fields)
     cache_dir: str = "data/cache"      # decoded uint8 arrays of image folders ("": no cache)
     celeba_crop: int = 108             # CelebA center-crop side in the 178x218 frame
 
-    # (config: performance fields)
     tf32: bool = True                  # CUDA only: TF32 tensor cores in the models' matmuls/convs
     cudnn_benchmark: bool = True       # CUDA only: cuDNN autotunes conv algorithms (fixed shapes)
     compile: bool = False              # torch.compile the generator and the generator step's critic
@@ -1470,7 +1468,6 @@ def load_run(run_dir: str | Path, device="cpu") -> tuple[TrainConfig, Generator,
     return config, generator.to(device).eval(), critic.to(device).eval()
 
 
-# (evaluation: fid and sliced wasserstein)
 # The paper scores generators with FID (Heusel et al. 2017; Sec. 4, Fig. 6). We use
 # pytorch-fid's InceptionV3 and `calculate_frechet_distance` as they are, on 8-bit images
 # mapped from the generator's [-1, 1] (the authors' code saved tanh outputs unnormalized,
@@ -2155,7 +2152,6 @@ def write_sample_grid(run_dir: str | Path, out: str | Path, num: int = 64, seed:
     return out
 
 
-# (evaluation: image W2 distance and critic experiments)
 
 # -- the Wasserstein-2 ground metric between images (Sec. 2.2, Eq. 2, Figs. 1-3) --
 # An image is a histogram over its H x W pixel grid (normalized to unit mass) and the cost
@@ -2567,6 +2563,231 @@ def motivating_example(size: int = 32) -> list[dict]:
     return sorted(rows, key=lambda r: (r["pixel_distance"], r["dy"]))
 
 
+# -- results table (workflow: `wwgan table`) --
+
+# The few numbers the paper prints; the rest of its results are figures. Sec. 4.1-4.2
+# train both critics "until the generator reached an FID of about 40" with the
+# robustness Adam preset (Supp. Appendix C); Fig. 6's caption gives average epoch
+# wall-clock times of 218.1 s (WWGAN) and 236.9 s (WGAN-GP), dataset and GPU unstated.
+PAPER_EPOCH_SECONDS = {"wwgan": 218.1, "wgan-gp": 236.9}
+PAPER_NOTES = {
+    "FID robustness": "≈ 40 for both (Sec. 4.1-4.2)",
+    "FID": "curves only (Fig. 6): comparable",
+    "epoch seconds": "WWGAN 218.1, WGAN-GP 236.9 (Fig. 6; dataset, GPU unstated)",
+    "epoch time ratio": f"{218.1 / 236.9:.3f} (218.1 / 236.9, Fig. 6)",
+    "shift roughness": "no number (Fig. 4: WWGAN continuous, WGAN-GP oscillates)",
+    "noise separation": "no number (Fig. 5: WGAN-GP separates noisy/clean, WWGAN less)",
+    "neighbour class share": "no number (Fig. 1: W2 neighbours look more alike)",
+}
+# Training-set sizes for "epoch" as the authors' train.py counts it: one critic batch per
+# loader step, so an epoch is N / (batch_size * n_critic) generator iterations. shapes:
+# load_dataset's default size.
+TRAINING_SET_SIZES = {"cifar10": 50_000, "celeba": 202_599, "shapes": 4096}
+TABLE_METRICS = ("FID", "sliced Wasserstein distance", "seconds per epoch",
+                 "epoch time WWGAN / WGAN-GP", "shift roughness", "noise separation")
+
+
+def mean_ci95(values) -> tuple[float, float | None]:
+    """Mean and half-width of the two-sided 95% Student t interval of the mean (n - 1
+    degrees of freedom); no interval (None) for a single value."""
+    from scipy import stats
+
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("no values")
+    if x.size < 2:
+        return float(x.mean()), None
+    half = stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return float(x.mean()), float(half)
+
+
+def _number(value) -> float | None:
+    """A finite float, or None for blanks, NaN and things that are not numbers."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _optimizer_name(run_config: dict) -> str:
+    adam = tuple(_number(run_config.get(k)) for k in ("lr", "beta1", "beta2"))
+    for name, preset in OPTIMIZER_PRESETS.items():
+        if adam == (preset["lr"], preset["beta1"], preset["beta2"]):
+            return name
+    return "custom"
+
+
+def _fid_curve_records(path: Path) -> list[dict]:
+    """Final FID, SWD and epoch time of one run from RUN/fid_curve.csv (its last row)
+    and RUN/config.json (loss, seed, dataset, batch, n_critic, Adam preset)."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = [row for row in csv.DictReader(f) if _number(row.get("iteration")) is not None]
+    except (ValueError, csv.Error):  # a binary file: UnicodeDecodeError
+        raise WWGANError(f"{path}: not a fid_curve.csv; rerun `wwgan fid-curve`")
+    if not rows:
+        raise WWGANError(f"{path}: no rows with an iteration; rerun `wwgan fid-curve`")
+    last = max(rows, key=lambda row: _number(row["iteration"]))
+    config_path = path.parent / "config.json"
+    try:
+        run = json.loads(config_path.read_text()) if config_path.exists() else {}
+    except ValueError as exc:
+        raise WWGANError(f"{config_path}: not valid JSON ({exc})")
+    if not isinstance(run, dict):
+        raise WWGANError(f"{config_path}: not a run's config (a JSON object)")
+    optimizer = _optimizer_name(run)
+    base = dict(loss=run.get("loss", "?"), seed=run.get("seed"),
+                setting=f"{run.get('dataset', path.parent.name)}, {optimizer} Adam preset")
+    fid_note = "FID robustness" if optimizer == "robustness" else "FID"
+    records = [dict(base, metric=metric, value=_number(last.get(column)), paper=note)
+               for metric, column, note in (("FID", "fid", fid_note),
+                                            ("sliced Wasserstein distance", "swd", None))]
+    iteration, seconds = _number(last.get("iteration")), _number(last.get("train_seconds"))
+    images = run.get("max_images") or TRAINING_SET_SIZES.get(run.get("dataset"))
+    if iteration and seconds is not None and images and "batch_size" in run:
+        per_epoch = images / (run["batch_size"] * run.get("n_critic", 5))
+        records.append(dict(base, metric="seconds per epoch", value=seconds / iteration * per_epoch,
+                            paper="epoch seconds"))
+    return [r for r in records if r["value"] is not None]
+
+
+def _experiment_records(path: Path, data: dict, metric: str, field: str) -> list[dict]:
+    """One record per critic from {"runs": [{"loss", "seed", FIELD, ...}, ...]}."""
+    runs = data.get("runs") if isinstance(data, dict) else data
+    setting = data.get("dataset", "critic runs") if isinstance(data, dict) else "critic runs"
+    records = []
+    for run in runs if isinstance(runs, list) else []:
+        value = _number(run.get(field)) if isinstance(run, dict) else None
+        if value is not None:
+            records.append(dict(metric=metric, setting=str(setting), loss=run.get("loss", "?"),
+                                seed=run.get("seed"), value=value, paper=metric))
+    if not records:
+        click.echo(f"wwgan: warning: {path}: no runs[*].{field} numbers; not tabulated", err=True)
+    return records
+
+
+def results_records(paths) -> tuple[list[dict], dict]:
+    """Per-run records (metric, setting, loss, seed, value, paper) from result files, and
+    the neighbour class shares {"L2": [...], "W2": [...]}."""
+    records, shares = [], {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise WWGANError(f"{path}: " + ("a folder, not a result file" if path.is_dir()
+                                            else "no such result file"))
+        known = "fid_curve.csv, shift.json, noise.json, neighbours.json"
+        if path.suffix == ".csv":
+            records += _fid_curve_records(path)
+            continue
+        name = path.stem.lower()
+        if path.suffix != ".json" or not any(k in name for k in ("shift", "noise", "neighbo")):
+            raise WWGANError(f"{path}: not a result file the table knows ({known})")
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as exc:
+            raise WWGANError(f"{path}: not valid JSON ({exc})")
+        if "shift" in name:
+            records += _experiment_records(path, data, "shift roughness", "roughness")
+        elif "noise" in name:
+            records += _experiment_records(path, data, "noise separation", "separation")
+        elif "neighbo" in name:
+            for metric, key in (("L2", "l2"), ("W2", "w2")):
+                entry = data.get(key) if isinstance(data, dict) else None
+                value = entry.get("class_share_per_query") if isinstance(entry, dict) else None
+                values = value if isinstance(value, list) else [value]
+                values = [v for v in map(_number, values) if v is not None]
+                if values:
+                    shares[metric] = values
+    return records, shares
+
+
+def _epoch_ratio_records(records: list[dict]) -> list[dict]:
+    """WWGAN / WGAN-GP epoch time per seed (runs paired by seed within a setting)."""
+    times = {(r["setting"], r["loss"], r["seed"]): r["value"] for r in records
+             if r["metric"] == "seconds per epoch"}
+    return [dict(metric="epoch time WWGAN / WGAN-GP", setting=setting, loss="wwgan", seed=seed,
+                 value=value / times[(setting, "wgan-gp", seed)], paper="epoch time ratio")
+            for (setting, loss, seed), value in times.items()
+            if loss == "wwgan" and times.get((setting, "wgan-gp", seed))]
+
+
+def _format_estimate(values: list[float]) -> str:
+    mean, half = mean_ci95(values)
+    return f"{mean:.4g} (n=1)" if half is None else f"{mean:.4g} ± {half:.2g} (n={len(values)})"
+
+
+def _csv_row(metric: str, setting: str, loss: str, values: list[float], paper: str) -> dict:
+    mean, half = mean_ci95(values)
+    return dict(metric=metric, setting=setting, loss=loss, n=len(values), mean=mean,
+                ci95="" if half is None else half, values=";".join(f"{v:.6g}" for v in values),
+                paper=paper)
+
+
+def _machine() -> str:
+    import platform
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, {gpu}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
+    """Markdown table OUT (.md) and its long-form CSV beside it: mean ± 95% CI over seeds
+    per metric, setting and loss, with the paper's value where it prints one."""
+    import csv
+    import datetime
+
+    records, shares = results_records(paths)
+    if not records and not shares:
+        raise WWGANError(f"no numbers to tabulate in {', '.join(map(str, paths))}")
+    records += _epoch_ratio_records(records)
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["metric"], r["setting"]), {}).setdefault(r["loss"], []).append(r)
+    losses = [loss for loss in LOSSES if any(loss in g for g in groups.values())]
+    losses += sorted({loss for g in groups.values() for loss in g} - set(losses))
+    names = {"wgan-gp": "WGAN-GP", "wwgan": "WWGAN", "lp": "LP", "wwgan-authors": "WWGAN (authors)"}
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["# wwgan results", "",
+             f"Made {when} by `{command or 'wwgan table'}` on {_machine()}.",
+             "Cells: mean ± half-width of the 95% Student t confidence interval over seeds "
+             "(n runs); n=1: no interval.", "",
+             "| metric | setting | " + " | ".join(names.get(l, l) for l in losses) + " | paper |",
+             "|---|---|" + "---|" * len(losses) + "---|"]
+    settings = list(dict.fromkeys(setting for _, setting in groups))
+    order = sorted(groups, key=lambda key: (settings.index(key[1]), TABLE_METRICS.index(key[0])))
+    csv_rows = []
+    for metric, setting in order:
+        by_loss = groups[(metric, setting)]
+        paper = PAPER_NOTES.get(next(r["paper"] for rs in by_loss.values() for r in rs), "")
+        cells = []
+        for loss in losses:
+            values = [r["value"] for r in by_loss.get(loss, [])]
+            cells.append(_format_estimate(values) if values else "")
+            if values:
+                csv_rows.append(_csv_row(metric, setting, loss, values, paper))
+        lines.append(f"| {metric} | {setting} | " + " | ".join(cells) + f" | {paper} |")
+    if shares:
+        paper = PAPER_NOTES["neighbour class share"]
+        lines += ["", "Nearest neighbours (Fig. 1): share of a query's neighbours in its class.",
+                  "", "| ground metric | class share | paper |", "|---|---|---|"]
+        for metric, values in shares.items():
+            lines.append(f"| {metric} | {_format_estimate(values)} | {paper} |")
+            csv_rows.append(_csv_row("neighbour class share", metric, "", values, paper))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    csv_path = out.with_suffix(".csv")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["metric", "setting", "loss", "n", "mean", "ci95",
+                                               "values", "paper"])
+        writer.writeheader()
+        writer.writerows(csv_rows)
+    return [out, csv_path]
+
+
 # ----------------------------------------------------------------------------------------
 # figures
 # ----------------------------------------------------------------------------------------
@@ -2605,7 +2826,6 @@ def _matplotlib():
     return plt
 
 
-# (figures: fid curves and sample grids)
 
 FIGURE_LOSS_LABELS = {"wgan-gp": "WGAN-GP", "lp": "WGAN-LP", "wwgan": "WWGAN",
                       "wwgan-authors": "WWGAN (authors' code)"}
@@ -2761,7 +2981,6 @@ def render_samples(inputs: list[Path], out: Path) -> list[Path]:
     return save_figure(fig, out)
 
 
-# (figures: critic experiments)
 
 
 def _read_runs(paths, experiment: str) -> list[dict]:
@@ -2894,7 +3113,6 @@ def render_motivating_example(inputs, out):
 # ----------------------------------------------------------------------------------------
 # benchmarks
 # ----------------------------------------------------------------------------------------
-# (benchmarks)
 # `wwgan bench` turns the performance claims into numbers measured side by side: every item
 # runs its contenders in one process, interleaved in a shuffled order within each
 # repetition (a busy machine slows all of them alike), and reports the median and the
@@ -3529,7 +3747,6 @@ def figure_command(name, inputs, out):
         click.echo(f"wrote {path}")
 
 
-# (cli: data commands)
 @cli.command("download")
 @click.argument("name", type=click.Choice(["cifar10", "celeba"]))
 @click.option("--root", default="data", show_default=True, type=click.Path(file_okay=False),
@@ -3542,7 +3759,6 @@ def download_command(name, root, timeout):
     click.echo(f"{name}: files verified; images at {path} (train with --data-root {root})")
 
 
-# (cli: evaluation commands)
 
 
 @cli.command("fid-weights")
@@ -3632,231 +3848,6 @@ def samples_command(run_dir, out, num, seed, device):
     """An 8x8 grid of samples of RUN's latest generator (eval mode), [-1, 1] -> [0, 255]."""
     click.echo(f"wrote {write_sample_grid(run_dir, out, num, seed, select_device(device))}")
 
-# -- results table (workflow: `wwgan table`) --
-
-# The few numbers the paper prints; the rest of its results are figures. Sec. 4.1-4.2
-# train both critics "until the generator reached an FID of about 40" with the
-# robustness Adam preset (Supp. Appendix C); Fig. 6's caption gives average epoch
-# wall-clock times of 218.1 s (WWGAN) and 236.9 s (WGAN-GP), dataset and GPU unstated.
-PAPER_EPOCH_SECONDS = {"wwgan": 218.1, "wgan-gp": 236.9}
-PAPER_NOTES = {
-    "FID robustness": "≈ 40 for both (Sec. 4.1-4.2)",
-    "FID": "curves only (Fig. 6): comparable",
-    "epoch seconds": "WWGAN 218.1, WGAN-GP 236.9 (Fig. 6; dataset, GPU unstated)",
-    "epoch time ratio": f"{218.1 / 236.9:.3f} (218.1 / 236.9, Fig. 6)",
-    "shift roughness": "no number (Fig. 4: WWGAN continuous, WGAN-GP oscillates)",
-    "noise separation": "no number (Fig. 5: WGAN-GP separates noisy/clean, WWGAN less)",
-    "neighbour class share": "no number (Fig. 1: W2 neighbours look more alike)",
-}
-# Training-set sizes for "epoch" as the authors' train.py counts it: one critic batch per
-# loader step, so an epoch is N / (batch_size * n_critic) generator iterations. shapes:
-# load_dataset's default size.
-TRAINING_SET_SIZES = {"cifar10": 50_000, "celeba": 202_599, "shapes": 4096}
-TABLE_METRICS = ("FID", "sliced Wasserstein distance", "seconds per epoch",
-                 "epoch time WWGAN / WGAN-GP", "shift roughness", "noise separation")
-
-
-def mean_ci95(values) -> tuple[float, float | None]:
-    """Mean and half-width of the two-sided 95% Student t interval of the mean (n - 1
-    degrees of freedom); no interval (None) for a single value."""
-    from scipy import stats
-
-    x = np.asarray(list(values), dtype=np.float64)
-    if x.size == 0:
-        raise ValueError("no values")
-    if x.size < 2:
-        return float(x.mean()), None
-    half = stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-    return float(x.mean()), float(half)
-
-
-def _number(value) -> float | None:
-    """A finite float, or None for blanks, NaN and things that are not numbers."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _optimizer_name(run_config: dict) -> str:
-    adam = tuple(_number(run_config.get(k)) for k in ("lr", "beta1", "beta2"))
-    for name, preset in OPTIMIZER_PRESETS.items():
-        if adam == (preset["lr"], preset["beta1"], preset["beta2"]):
-            return name
-    return "custom"
-
-
-def _fid_curve_records(path: Path) -> list[dict]:
-    """Final FID, SWD and epoch time of one run from RUN/fid_curve.csv (its last row)
-    and RUN/config.json (loss, seed, dataset, batch, n_critic, Adam preset)."""
-    import csv
-
-    try:
-        with open(path, newline="") as f:
-            rows = [row for row in csv.DictReader(f) if _number(row.get("iteration")) is not None]
-    except (ValueError, csv.Error):  # a binary file: UnicodeDecodeError
-        raise WWGANError(f"{path}: not a fid_curve.csv; rerun `wwgan fid-curve`")
-    if not rows:
-        raise WWGANError(f"{path}: no rows with an iteration; rerun `wwgan fid-curve`")
-    last = max(rows, key=lambda row: _number(row["iteration"]))
-    config_path = path.parent / "config.json"
-    try:
-        run = json.loads(config_path.read_text()) if config_path.exists() else {}
-    except ValueError as exc:
-        raise WWGANError(f"{config_path}: not valid JSON ({exc})")
-    if not isinstance(run, dict):
-        raise WWGANError(f"{config_path}: not a run's config (a JSON object)")
-    optimizer = _optimizer_name(run)
-    base = dict(loss=run.get("loss", "?"), seed=run.get("seed"),
-                setting=f"{run.get('dataset', path.parent.name)}, {optimizer} Adam preset")
-    fid_note = "FID robustness" if optimizer == "robustness" else "FID"
-    records = [dict(base, metric=metric, value=_number(last.get(column)), paper=note)
-               for metric, column, note in (("FID", "fid", fid_note),
-                                            ("sliced Wasserstein distance", "swd", None))]
-    iteration, seconds = _number(last.get("iteration")), _number(last.get("train_seconds"))
-    images = run.get("max_images") or TRAINING_SET_SIZES.get(run.get("dataset"))
-    if iteration and seconds is not None and images and "batch_size" in run:
-        per_epoch = images / (run["batch_size"] * run.get("n_critic", 5))
-        records.append(dict(base, metric="seconds per epoch", value=seconds / iteration * per_epoch,
-                            paper="epoch seconds"))
-    return [r for r in records if r["value"] is not None]
-
-
-def _experiment_records(path: Path, data: dict, metric: str, field: str) -> list[dict]:
-    """One record per critic from {"runs": [{"loss", "seed", FIELD, ...}, ...]}."""
-    runs = data.get("runs") if isinstance(data, dict) else data
-    setting = data.get("dataset", "critic runs") if isinstance(data, dict) else "critic runs"
-    records = []
-    for run in runs if isinstance(runs, list) else []:
-        value = _number(run.get(field)) if isinstance(run, dict) else None
-        if value is not None:
-            records.append(dict(metric=metric, setting=str(setting), loss=run.get("loss", "?"),
-                                seed=run.get("seed"), value=value, paper=metric))
-    if not records:
-        click.echo(f"wwgan: warning: {path}: no runs[*].{field} numbers; not tabulated", err=True)
-    return records
-
-
-def results_records(paths) -> tuple[list[dict], dict]:
-    """Per-run records (metric, setting, loss, seed, value, paper) from result files, and
-    the neighbour class shares {"L2": [...], "W2": [...]}."""
-    records, shares = [], {}
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise WWGANError(f"{path}: " + ("a folder, not a result file" if path.is_dir()
-                                            else "no such result file"))
-        known = "fid_curve.csv, shift.json, noise.json, neighbours.json"
-        if path.suffix == ".csv":
-            records += _fid_curve_records(path)
-            continue
-        name = path.stem.lower()
-        if path.suffix != ".json" or not any(k in name for k in ("shift", "noise", "neighbo")):
-            raise WWGANError(f"{path}: not a result file the table knows ({known})")
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as exc:
-            raise WWGANError(f"{path}: not valid JSON ({exc})")
-        if "shift" in name:
-            records += _experiment_records(path, data, "shift roughness", "roughness")
-        elif "noise" in name:
-            records += _experiment_records(path, data, "noise separation", "separation")
-        elif "neighbo" in name:
-            for metric, key in (("L2", "l2"), ("W2", "w2")):
-                entry = data.get(key) if isinstance(data, dict) else None
-                value = entry.get("class_share_per_query") if isinstance(entry, dict) else None
-                values = value if isinstance(value, list) else [value]
-                values = [v for v in map(_number, values) if v is not None]
-                if values:
-                    shares[metric] = values
-    return records, shares
-
-
-def _epoch_ratio_records(records: list[dict]) -> list[dict]:
-    """WWGAN / WGAN-GP epoch time per seed (runs paired by seed within a setting)."""
-    times = {(r["setting"], r["loss"], r["seed"]): r["value"] for r in records
-             if r["metric"] == "seconds per epoch"}
-    return [dict(metric="epoch time WWGAN / WGAN-GP", setting=setting, loss="wwgan", seed=seed,
-                 value=value / times[(setting, "wgan-gp", seed)], paper="epoch time ratio")
-            for (setting, loss, seed), value in times.items()
-            if loss == "wwgan" and times.get((setting, "wgan-gp", seed))]
-
-
-def _format_estimate(values: list[float]) -> str:
-    mean, half = mean_ci95(values)
-    return f"{mean:.4g} (n=1)" if half is None else f"{mean:.4g} ± {half:.2g} (n={len(values)})"
-
-
-def _csv_row(metric: str, setting: str, loss: str, values: list[float], paper: str) -> dict:
-    mean, half = mean_ci95(values)
-    return dict(metric=metric, setting=setting, loss=loss, n=len(values), mean=mean,
-                ci95="" if half is None else half, values=";".join(f"{v:.6g}" for v in values),
-                paper=paper)
-
-
-def _machine() -> str:
-    import platform
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, {gpu}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
-
-
-def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
-    """Markdown table OUT (.md) and its long-form CSV beside it: mean ± 95% CI over seeds
-    per metric, setting and loss, with the paper's value where it prints one."""
-    import csv
-    import datetime
-
-    records, shares = results_records(paths)
-    if not records and not shares:
-        raise WWGANError(f"no numbers to tabulate in {', '.join(map(str, paths))}")
-    records += _epoch_ratio_records(records)
-    groups: dict = {}
-    for r in records:
-        groups.setdefault((r["metric"], r["setting"]), {}).setdefault(r["loss"], []).append(r)
-    losses = [loss for loss in LOSSES if any(loss in g for g in groups.values())]
-    losses += sorted({loss for g in groups.values() for loss in g} - set(losses))
-    names = {"wgan-gp": "WGAN-GP", "wwgan": "WWGAN", "lp": "LP", "wwgan-authors": "WWGAN (authors)"}
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = ["# wwgan results", "",
-             f"Made {when} by `{command or 'wwgan table'}` on {_machine()}.",
-             "Cells: mean ± half-width of the 95% Student t confidence interval over seeds "
-             "(n runs); n=1: no interval.", "",
-             "| metric | setting | " + " | ".join(names.get(l, l) for l in losses) + " | paper |",
-             "|---|---|" + "---|" * len(losses) + "---|"]
-    settings = list(dict.fromkeys(setting for _, setting in groups))
-    order = sorted(groups, key=lambda key: (settings.index(key[1]), TABLE_METRICS.index(key[0])))
-    csv_rows = []
-    for metric, setting in order:
-        by_loss = groups[(metric, setting)]
-        paper = PAPER_NOTES.get(next(r["paper"] for rs in by_loss.values() for r in rs), "")
-        cells = []
-        for loss in losses:
-            values = [r["value"] for r in by_loss.get(loss, [])]
-            cells.append(_format_estimate(values) if values else "")
-            if values:
-                csv_rows.append(_csv_row(metric, setting, loss, values, paper))
-        lines.append(f"| {metric} | {setting} | " + " | ".join(cells) + f" | {paper} |")
-    if shares:
-        paper = PAPER_NOTES["neighbour class share"]
-        lines += ["", "Nearest neighbours (Fig. 1): share of a query's neighbours in its class.",
-                  "", "| ground metric | class share | paper |", "|---|---|---|"]
-        for metric, values in shares.items():
-            lines.append(f"| {metric} | {_format_estimate(values)} | {paper} |")
-            csv_rows.append(_csv_row("neighbour class share", metric, "", values, paper))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    csv_path = out.with_suffix(".csv")
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["metric", "setting", "loss", "n", "mean", "ci95",
-                                               "values", "paper"])
-        writer.writeheader()
-        writer.writerows(csv_rows)
-    return [out, csv_path]
-
-
 @cli.command("table")
 @click.option("--input", "inputs", multiple=True, required=True, type=click.Path(exists=True),
               help="Result files: RUN/fid_curve.csv (with RUN/config.json), shift.json, "
@@ -3881,7 +3872,6 @@ def table_command(inputs, out, command):
         click.echo(f"wrote {path}")
 
 
-# (cli: benchmark commands)
 @cli.command("bench")
 @click.option("--out", default="results/bench.json", show_default=True, type=click.Path(),
               help="JSON file for every number (written after each item).")
@@ -3930,7 +3920,6 @@ for _option in (
     train_command = _option(train_command)
 
 
-# (cli: critic experiments)
 
 _RUN_OPTION = click.option("--run", "runs", multiple=True, required=True,
                            type=click.Path(exists=True, file_okay=False),
