@@ -99,7 +99,8 @@ class TrainConfig:
 
     tf32: bool = True                  # CUDA only: TF32 tensor cores in the models' matmuls/convs
     cudnn_benchmark: bool = True       # CUDA only: cuDNN autotunes conv algorithms (fixed shapes)
-    compile: bool = False              # torch.compile the generator and the generator step's critic
+    compile: bool = False              # torch.compile the generator, the generator step's critic
+                                       # and the W2 quadratic form (the penalty's critic stays eager)
 
     def __post_init__(self):
         min_width = _min_width(self.image_size)
@@ -819,20 +820,34 @@ def _inverse_normalized_degree_on(height: int, width: int, neighborhood: int,
 
 
 def laplacian_quadratic_form(grad: torch.Tensor, density: torch.Tensor, alpha: float = 1.0,
-                             neighborhood: int = 4) -> torch.Tensor:
+                             neighborhood: int = 4, compiled: bool = False) -> torch.Tensor:
     """g^T L~(rho) g for each sample: (B, C, H, W) -> (B,).
 
     L(rho) is the weighted Laplacian of Supp. Definition 10 (equivalently Prop. 4) on each
     channel's pixel graph, with d_i the normalized weighted degree, and
     L~ = L + alpha * sum_c 1_c 1_c^T (Remark 3), one all-ones block per colour channel.
     Differentiable twice; never builds an n x n matrix.
+
+    `compiled=True` runs the edge sums through torch.compile: ~15 small kernels each way
+    become one or two fused ones (about 3x faster forward and backward on a CPU core,
+    BENCHMARKS.md item 2; the first call per shape compiles for ~10 s). That version is
+    differentiable once only (aot_autograd has no double backward), which is all training
+    needs: penalty.backward() takes d/dg of g^T L~ g once, and the second-order part runs
+    through the critic's own eager graph of g.
     """
     if grad.shape != density.shape or grad.dim() != 4:
         raise ValueError(f"grad and density must both be (B, C, H, W); got "
                          f"{tuple(grad.shape)} and {tuple(density.shape)}")
     height, width = grad.shape[-2:]
     inv_d = inverse_normalized_degree(height, width, neighborhood, grad.device, grad.dtype)
-    scaled_density = density * inv_d  # p_i / d_i
+    edge_sums = _compiled_edge_sums() if compiled else _edge_sums
+    return edge_sums(grad, density * inv_d, alpha, neighborhood)
+
+
+def _edge_sums(grad: torch.Tensor, scaled_density: torch.Tensor, alpha: float,
+               neighborhood: int) -> torch.Tensor:
+    """g^T L~ g from p_i / d_i, by tensor slices."""
+    height, width = grad.shape[-2:]
     total = grad.new_zeros(grad.shape[0])
     for dy, dx, w in NEIGHBOR_OFFSETS[neighborhood]:
         a, b = _edge_slices(dy, dx, height, width)
@@ -842,6 +857,14 @@ def laplacian_quadratic_form(grad: torch.Tensor, density: torch.Tensor, alpha: f
     if alpha:
         total = total + alpha * grad.sum(dim=(2, 3)).square().sum(dim=1)
     return total
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_edge_sums():
+    # 1/d_i is computed outside the compiled graph on purpose: traced into it, its cached
+    # construction by in-place slice additions made inductor's lowering run for minutes
+    # (8-neighbourhood: no result after 10 minutes).
+    return torch.compile(_edge_sums, dynamic=False)
 
 
 # Two other evaluations of the same g^T L~(rho) g, for `wwgan bench` (item 2): Algorithm 2's
@@ -994,14 +1017,15 @@ def critic_input_gradient(critic: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_norm(grad: torch.Tensor, loss: str, density: torch.Tensor | None = None,
-                  alpha: float = 1.0, neighborhood: int = 4, gamma: float = 1.0) -> torch.Tensor:
+                  alpha: float = 1.0, neighborhood: int = 4, gamma: float = 1.0,
+                  compiled: bool = False) -> torch.Tensor:
     """The per-sample norm of the critic's input gradient that `loss` constrains: ||g||_2
     for wgan-gp/lp, sqrt(g^T L~ g) for wwgan (Sec. 3.4), the authors' form for
-    wwgan-authors. (B, C, H, W) -> (B,)."""
+    wwgan-authors. (B, C, H, W) -> (B,). `compiled`: see `laplacian_quadratic_form`."""
     if loss in ("wgan-gp", "lp"):
         return safe_sqrt(grad.square().sum(dim=(1, 2, 3)))
     if loss == "wwgan":
-        return safe_sqrt(laplacian_quadratic_form(grad, density, alpha, neighborhood))
+        return safe_sqrt(laplacian_quadratic_form(grad, density, alpha, neighborhood, compiled))
     if loss == "wwgan-authors":
         return safe_sqrt(authors_quadratic_form(grad, density, gamma))
     raise ValueError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
@@ -1011,7 +1035,7 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                      loss: str = "wwgan", lam: float = 10.0, target: float = 1.0,
                      one_sided: bool = False, density_at: str = "interpolate",
                      alpha: float = 1.0, neighborhood: int = 4, gamma: float = 1.0,
-                     eps: torch.Tensor | None = None):
+                     eps: torch.Tensor | None = None, compiled: bool = False):
     """The gradient penalty of `loss` at x_hat = eps * real + (1 - eps) * fake, eps ~ U[0, 1]
     per sample (uniform on the straight line between a real and a fake sample):
 
@@ -1024,7 +1048,8 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
     `target` replaces the 1 (see README: the Def. 10 norm of a fresh critic is ~40x its
     L2 norm); `one_sided` uses max(0, . - target)^2 for the W2 losses. `eps` (B, 1, 1, 1)
     fixes the interpolation weights (tests of distributed training); drawn when None.
-    Returns (penalty, gradient_norms) with the norms detached, for logging.
+    `compiled`: see `gradient_norm`. Returns (penalty, gradient_norms) with the norms
+    detached, for logging.
     """
     if real.shape != fake.shape:
         raise ValueError(f"real and fake batches differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
@@ -1035,7 +1060,7 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
     density = None
     if loss in ("wwgan", "wwgan-authors"):
         density = images_to_density(x_hat if density_at == "interpolate" else fake.detach())
-    norms = gradient_norm(grad, loss, density, alpha, neighborhood, gamma)
+    norms = gradient_norm(grad, loss, density, alpha, neighborhood, gamma, compiled)
     excess = norms - target
     if loss == "lp" or (one_sided and loss != "wgan-gp"):
         excess = excess.clamp_min(0.0)
@@ -1065,7 +1090,8 @@ def critic_objective(config: TrainConfig, critic, real, fake, eps=None):
     critic_real, critic_fake = scores[: len(real)].mean(), scores[len(real):].mean()
     penalty, norms = gradient_penalty(
         critic, real, fake, config.loss, config.lam, config.lipschitz_target, config.one_sided,
-        config.density_at, config.alpha, config.neighborhood, config.gamma, eps=eps)
+        config.density_at, config.alpha, config.neighborhood, config.gamma, eps=eps,
+        compiled=config.compile)
     critic_loss = critic_fake - critic_real + penalty
     return critic_loss, dict(critic_loss=critic_loss.detach(), penalty=penalty.detach(),
                              wasserstein=(critic_real - critic_fake).detach(),
@@ -3308,17 +3334,14 @@ def bench_quadratic_form(device: torch.device, image_sizes=(32, 64), batch_size:
     the critic's double backward, which is the same for every implementation (item 1
     times it; tests check that all three give the same critic update through it). Each
     sample is `inner` calls. Agreement with slicing is measured first. With `compile`,
-    torch.compile(laplacian_quadratic_form) runs too ("slicing_compiled": one fused
-    kernel each way; its backward is first order, which is all training needs)."""
+    laplacian_quadratic_form(compiled=True) runs too ("slicing_compiled", what
+    `train --compile` uses: fused kernels, first-order backward)."""
     rng = rng or random.Random(seed)
     contenders_used = dict(QUADRATIC_FORM_CONTENDERS)
     if compile:
-        import warnings
-
-        # Dynamo traces through the lru_cache of 1/d (a constant) and says so once per call site.
-        warnings.filterwarnings("ignore", message=".*functools.lru_cache.*wrapped function")
-        contenders_used["slicing_compiled"] = (torch.compile(laplacian_quadratic_form),
-                                               "torch.compile of the slicing form")
+        contenders_used["slicing_compiled"] = (
+            functools.partial(laplacian_quadratic_form, compiled=True),
+            "the slicing form through torch.compile (train --compile)")
     compared = [name for name in contenders_used if name not in ("slicing", "l2", "floor")]
     results = {}
     for size in image_sizes:
@@ -3910,8 +3933,8 @@ def bench_command(out, quick, device, items, image_sizes, compile, threads, seed
 # `train` options for the performance fields of TrainConfig (kept beside `bench`).
 for _option in (
     click.option("--compile/--no-compile", default=False, show_default=True,
-                 help="torch.compile the generator and the generator step's critic (the "
-                      "penalty's double backward stays eager)."),
+                 help="torch.compile the generator, the generator step's critic and the W2 "
+                      "quadratic form (the penalty's double backward stays eager)."),
     click.option("--tf32/--no-tf32", default=True, show_default=True,
                  help="CUDA only: TF32 tensor cores in the models' matmuls and convolutions."),
     click.option("--cudnn-benchmark/--no-cudnn-benchmark", default=True, show_default=True,

@@ -3,6 +3,7 @@ torch.sparse Laplacian) against a dense matrix built from Supp. Definition 10, a
 `wwgan bench --quick` end to end. Benchmarks are not timed tests: nothing here asserts a
 speed, only that the measurements run and report what they claim."""
 
+import functools
 import itertools
 import json
 import math
@@ -92,19 +93,22 @@ def test_float32_implementations_agree_at_image_sizes(neighborhood, size):
 
 def test_implementations_give_the_same_critic_update_through_double_backward():
     """In training the quadratic form takes the critic's input gradient (create_graph=True)
-    and is backpropagated into the critic's weights: d/dtheta must agree."""
+    and is backpropagated into the critic's weights: d/dtheta must agree. This includes
+    the torch.compile'd form that `train --compile` uses (first-order differentiable only:
+    the second-order part runs through g's eager graph)."""
     torch.manual_seed(0)
     critic = wwgan.Critic(16, 3, 16).double()
     x = torch.rand(3, 3, 16, 16, dtype=torch.float64) * 2 - 1
     density = wwgan.images_to_density(x)
     updates = {}
-    for name, fn in IMPLEMENTATIONS.items():
+    compiled = {"compiled": functools.partial(wwgan.laplacian_quadratic_form, compiled=True)}
+    for name, fn in {**IMPLEMENTATIONS, **compiled}.items():
         grad = wwgan.critic_input_gradient(critic, x)
         penalty = (wwgan.safe_sqrt(fn(grad, density, 1.0, 8)) - 1).square().mean()
         # The last bias does not change the input gradient: its update is None (unused).
         updates[name] = torch.autograd.grad(penalty, list(critic.parameters()),
                                             allow_unused=True)
-    for name in ("conv", "sparse"):
+    for name in ("conv", "sparse", "compiled"):
         for got, want in zip(updates[name], updates["slicing"]):
             assert (got is None) == (want is None)
             if want is not None:

@@ -134,6 +134,16 @@ def test_gradient_of_quadratic_form_is_two_L_g(neighborhood):
     assert np.allclose(grad.grad.reshape(-1).numpy(), want, rtol=1e-10, atol=1e-12)
 
 
+def test_quadratic_form_differentiates_a_density_that_requires_grad():
+    # Training detaches the density; a user who does not gets the exact derivative in
+    # rho too (checked against finite differences).
+    gen = torch.Generator().manual_seed(12)
+    grad = torch.randn(2, 2, 3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    density = torch.rand(2, 2, 3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda g, p: wwgan.laplacian_quadratic_form(g, p, 1.0, 8), (grad, density))
+
+
 def test_quadratic_form_is_twice_differentiable():
     # It sits inside the critic loss: second derivatives must exist (Hessian = 2 L~).
     density = torch.rand(1, 1, 3, 4, dtype=torch.float64)
