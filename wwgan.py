@@ -2331,7 +2331,7 @@ def image_w2_distance(a, b, epsilon: float = W2_EPSILON,
 
     Entropic, not exact: within 1% of the exact value (POT's ot.emd2) on real, on
     uniform-noise and on the benchmark's images at 16x16 and 32x32
-    (tests/test_experiments.py; typically 0.1-0.3%, at most 0.45% on 144 pairs measured),
+    (tests/test_experiments.py; typically 0.1-0.3%, at most 0.45% on 128 pairs measured),
     and the entropic blur left at epsilon = 0.1 px^2 is ~1e-2 px (W2 of an image with
     itself). Harder cases, measured at 32x32: nearly identical images (W2 < 0.5 px)
     converge slowly and stop after W2_MAX_FINAL iterations (relative error up to ~12%,
