@@ -829,8 +829,8 @@ def laplacian_quadratic_form(grad: torch.Tensor, density: torch.Tensor, alpha: f
     Differentiable twice; never builds an n x n matrix.
 
     `compiled=True` runs the edge sums through torch.compile: ~15 small kernels each way
-    become one or two fused ones (about 3x faster forward and backward on a CPU core,
-    BENCHMARKS.md item 2; the first call per shape compiles for ~10 s). That version is
+    become one or two fused ones (forward and backward 2.6-2.7x faster on a CPU core,
+    BENCHMARKS.md item 2; the first call per shape compiles for ~8 s). That version is
     differentiable once only (aot_autograd has no double backward), which is all training
     needs: penalty.backward() takes d/dg of g^T L~ g once, and the second-order part runs
     through the critic's own eager graph of g.
