@@ -2289,6 +2289,8 @@ def _w2_sinkhorn(a: torch.Tensor, b: torch.Tensor, epsilon: float) -> torch.Tens
         for _ in range(W2_BLOCK):
             f, g, floor = _w2_iteration(f, g, floor, log_a, log_b, costs, epsilon,
                                         W2_OVERRELAXATION)
+        if done + W2_BLOCK < W2_MIN_FINAL:
+            continue  # no stopping test before W2_MIN_FINAL, so no earlier cost is needed
         estimate = _w2_transport_cost(f, g, floor.clamp_min(epsilon), log_a, log_b, costs)
         if done + W2_BLOCK > W2_MAX_FINAL:
             result[active] = estimate
