@@ -3959,8 +3959,8 @@ def table_command(inputs, out, command):
               help="Generator iterations per throughput sample (default: 1 CPU, 20 CUDA).")
 @click.option("--w2-pairs", default=None, type=click.IntRange(min=1),
               help="Image pairs in the image_w2 item (default: 16).")
-@click.option("--compile", is_flag=True, help="torch.compile in the throughput item, as "
-              "`train --compile` does.")
+@click.option("--compile", is_flag=True, help="Add the compiled quadratic form to item 2 "
+              "(slicing_compiled) and compile the throughput item as `train --compile` does.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="torch CPU threads (default: torch's); 1 makes CPU time robust on a "
                    "shared machine.")
