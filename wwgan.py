@@ -2415,10 +2415,11 @@ def _run_summary(run: str | Path, config: TrainConfig) -> dict:
 
 
 def _write_json(payload: dict, out: str | Path) -> Path:
+    """Write JSON by a temporary file and a rename: a crash leaves the old file or the new."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, out)
     return out
 
@@ -3645,14 +3646,6 @@ def implied_penalty_overhead(items: dict) -> dict:
             extra = seconds["slicing"]["median"] - seconds["l2"]["median"]
             implied[size][clock] = 1.0 + extra / step[clock]["seconds"]["wgan-gp"]["median"]
     return dict(wwgan_over_wgan_gp=implied) if implied else {}
-
-
-def _write_json(obj: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _fmt_seconds(spread: dict) -> str:
