@@ -196,7 +196,7 @@ def test_image_w2_item_reports_the_error_against_exact_emd(monkeypatch, scale):
     assert len(result["w2_exact"]) == 3 and min(result["w2_exact"]) > 0
     for clock in ("wall", "cpu"):
         assert set(result[clock]["speedup_over_emd2"]) == {
-            "image_w2_batched", "image_w2_one_pair_per_call"}
+            "image_w2_batched", "image_w2_one_pair_per_call", "sinkhorn_matmul_floor"}
         for spread in result[clock]["seconds_per_pair"].values():
             _check_spread(spread)
 
@@ -279,3 +279,18 @@ def test_compiled_training_matches_eager_and_saves_plain_modules(tmp_path):
                                            msg=lambda m, name=name: f"{name}: {m}")
     moved = generator.state_dict()["main.0.weight"] - initial_generator.state_dict()["main.0.weight"]
     assert moved.abs().max() > 1e-5  # the compiled views trained the saved modules
+
+
+def test_w2_matmul_floor_does_no_more_matmuls_than_the_solver(monkeypatch):
+    """The floor is a ceiling on the solver's speed-up only if the solver itself runs at
+    least as many of those matmuls, even for a pair that converges at once."""
+    calls = []
+    real_matmul = torch.matmul
+    monkeypatch.setattr(torch, "matmul", lambda *args: calls.append(1) or real_matmul(*args))
+    image = torch.rand(1, 16, 16, dtype=torch.float64) + 0.5
+    wwgan._w2_matmul_floor(image)()
+    floor = len(calls)
+    calls.clear()
+    wwgan.image_w2_distance(image, image.flip(-1))
+    assert floor == 4 * (len(wwgan._w2_annealing(16, 16, wwgan.W2_EPSILON)) + wwgan.W2_MIN_FINAL)
+    assert floor <= len(calls)
