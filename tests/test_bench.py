@@ -162,6 +162,13 @@ def test_bench_quick_writes_every_item(tmp_path, monkeypatch, capsys):
                 throughput["batch_size"] * throughput["n_critic"] / per_iteration)
             assert entry["cifar10_epoch_seconds"] == pytest.approx(
                 50_000 / entry["images_per_second"])
+    frechet = report["items"]["frechet_distance"]
+    assert frechet["relative_difference"] < 1e-9 and frechet["fid"]["pytorch_fid"] > 0
+    for clock in ("wall", "cpu"):
+        assert set(frechet[clock]["speedup_over_pytorch_fid"]) == {
+            "eigh", "eigh_reference_root_cached"}
+        for spread in frechet[clock]["seconds"].values():
+            _check_spread(spread)
     printed = capsys.readouterr().out
     assert "skipped: image_w2_distance not available" in printed or \
         "image_w2: image_w2_distance not available" in printed
