@@ -1496,7 +1496,7 @@ def load_run(run_dir: str | Path, device="cpu") -> tuple[TrainConfig, Generator,
 
 # The paper scores generators with FID (Heusel et al. 2017; Sec. 4, Fig. 6). We use
 # pytorch-fid's InceptionV3 as it is, and its Frechet distance computed through symmetric
-# eigensolvers instead of scipy's sqrtm (same value, ~10x faster), on 8-bit images
+# eigensolvers instead of scipy's sqrtm (same value, 4-14x faster), on 8-bit images
 # mapped from the generator's [-1, 1] (the authors' code saved tanh outputs unnormalized,
 # which clipped every negative pixel to 0 before scoring). Next to FID we report the
 # multi-scale sliced Wasserstein distance (SWD) of Karras et al. (2018, Sec. 5), which
@@ -1788,12 +1788,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, sqrt_sigma2=None) -> float:
     """FID (Heusel et al. 2017): |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), the
     value of pytorch-fid's `calculate_frechet_distance` (tests/test_fid.py checks it).
 
-    pytorch-fid takes scipy's sqrtm of the non-symmetric S1 S2, ~18 s for 2048 dimensions on
-    two CPU cores. For covariances (PSD) the trace is the same as sum_i sqrt(lambda_i) over
-    the eigenvalues of the symmetric R S1 R with R = S2^(1/2): two symmetric eigensolvers,
-    ~10x faster (BENCHMARKS.md, item 5), and R is reusable: pass `sqrt_sigma2` (from
-    `symmetric_sqrt`) to score many generators against one reference in one eigensolve
-    each. At 2048 dims from 10,000 samples it agrees with pytorch-fid, with the nuclear norm
+    pytorch-fid takes scipy's sqrtm of the non-symmetric S1 S2, 15-17 s for 2048 dimensions
+    on this project's 2-core CPU VM. For covariances (PSD) the trace is the same as
+    sum_i sqrt(lambda_i) over the eigenvalues of the symmetric R S1 R with R = S2^(1/2): two
+    symmetric eigensolvers, 4-6x faster (BENCHMARKS.md, item 5). R is reusable: pass
+    `sqrt_sigma2` (from `symmetric_sqrt`) to score many generators against one reference
+    with one eigensolver each, 9-14x faster. At 2048 dims from 10,000 samples it agrees with pytorch-fid, with the nuclear norm
     of S1^(1/2) S2^(1/2) and with the eigenvalues of S1 S2 to ~1e-12 (relative). With fewer
     samples than dimensions S1 S2 is singular: still within ~1e-7 of the exact value (the
     nuclear-norm formula of tests/test_fid.py), as pytorch-fid is. Statistics with NaN or
@@ -3499,7 +3499,7 @@ def bench_image_w2(device: torch.device, size: int = 32, pairs: int = 16, repeat
     """Item 3: `image_w2_distance(a, b)` (W2, not squared, between (N, S, S) unit-mass
     histograms, batched) per pair at S x S against POT's exact `ot.emd2` on the same pairs
     (ground cost: squared Euclidean distance between pixel centres one unit apart), with
-    the relative error of W2. Target: >= 100x faster at <= 1% error. A third row,
+    the relative error of W2. Target: >= 100x faster at <= 1% error. An extra row,
     `sinkhorn_matmul_floor`, times only the matmuls our solver cannot avoid: the most any
     implementation of its iteration could gain."""
     module = sys.modules[__name__]
