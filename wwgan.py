@@ -3757,6 +3757,17 @@ def _fmt_ratio(spread: dict | None) -> str:
     return f"{spread['median']:.3f} [{spread['p25']:.3f}, {spread['p75']:.3f}]"
 
 
+def _speedup_rows(result: dict, seconds_key: str, speedup_key: str) -> list[str]:
+    """One line per clock and contender: its time and, beside the baseline, its speed-up."""
+    lines = []
+    for clock in BENCH_CLOCKS:
+        for name, spread in result[clock][seconds_key].items():
+            speedup = _fmt_ratio(result[clock][speedup_key].get(name))
+            lines.append(f"  {clock:<5} {name:<28} {_fmt_seconds(spread):<32} "
+                         f"{'speed-up ' + speedup if speedup else ''}")
+    return lines
+
+
 def format_bench_item(item: str, result: dict, device: torch.device) -> str:
     """A plain-text table of one item, both clocks: medians with [25th, 75th percentile]."""
     if "skipped" in result or "error" in result:
@@ -3795,11 +3806,7 @@ def format_bench_item(item: str, result: dict, device: torch.device) -> str:
     elif item == "image_w2":
         lines.append(f"\n3. W2 between {result['size']}x{result['size']} images, "
                      f"{result['pairs']} pairs, per pair (median [p25, p75])")
-        for clock in BENCH_CLOCKS:
-            for name, spread in result[clock]["seconds_per_pair"].items():
-                speedup = _fmt_ratio(result[clock]["speedup_over_emd2"].get(name))
-                lines.append(f"  {clock:<5} {name:<28} {_fmt_seconds(spread):<32} "
-                             f"{'speed-up ' + speedup if speedup else ''}")
+        lines += _speedup_rows(result, "seconds_per_pair", "speedup_over_emd2")
         error = result["relative_error"]
         lines.append(f"  relative error of W2 vs ot.emd2: median {error['median']:.2e}, "
                      f"max {error['max']:.2e}")
@@ -3821,11 +3828,7 @@ def format_bench_item(item: str, result: dict, device: torch.device) -> str:
     elif item == "frechet_distance":
         lines.append(f"\n5. FID's Frechet distance, {result['dims']}-d statistics of "
                      f"{result['samples']} samples each (CPU, median [p25, p75])")
-        for clock in BENCH_CLOCKS:
-            for name, spread in result[clock]["seconds"].items():
-                speedup = _fmt_ratio(result[clock]["speedup_over_pytorch_fid"].get(name))
-                lines.append(f"  {clock:<5} {name:<28} {_fmt_seconds(spread):<32} "
-                             f"{'speed-up ' + speedup if speedup else ''}")
+        lines += _speedup_rows(result, "seconds", "speedup_over_pytorch_fid")
         lines.append(f"  FID {result['fid']['eigh']:.10g} (eigh) vs "
                      f"{result['fid']['pytorch_fid']:.10g} (pytorch-fid): relative difference "
                      f"{result['relative_difference']:.1e}")
