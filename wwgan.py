@@ -1793,11 +1793,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, sqrt_sigma2=None) -> float:
     sum_i sqrt(lambda_i) over the eigenvalues of the symmetric R S1 R with R = S2^(1/2): two
     symmetric eigensolvers, 4-6x faster (BENCHMARKS.md, item 5). R is reusable: pass
     `sqrt_sigma2` (from `symmetric_sqrt`) to score many generators against one reference
-    with one eigensolver each, 9-14x faster. At 2048 dims from 10,000 samples it agrees with pytorch-fid, with the nuclear norm
-    of S1^(1/2) S2^(1/2) and with the eigenvalues of S1 S2 to ~1e-12 (relative). With fewer
-    samples than dimensions S1 S2 is singular: still within ~1e-7 of the exact value (the
-    nuclear-norm formula of tests/test_fid.py), as pytorch-fid is. Statistics with NaN or
-    inf (a diverged generator) give NaN, as in pytorch-fid."""
+    with one eigensolver each, 9-14x faster. At 2048 dims from 10,000 samples it agrees
+    with pytorch-fid, with the nuclear norm of S1^(1/2) S2^(1/2) and with the eigenvalues
+    of S1 S2 to ~1e-12 (relative). With fewer samples than dimensions S1 S2 is singular:
+    still within ~1e-7 of the exact value (the nuclear-norm formula of tests/test_fid.py),
+    as pytorch-fid is. Statistics with NaN or inf (a diverged generator) give NaN, as in
+    pytorch-fid."""
     mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
     sigma1, sigma2 = np.asarray(sigma1, dtype=np.float64), np.asarray(sigma2, dtype=np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
