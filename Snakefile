@@ -6,14 +6,17 @@
 
 data -> reference FID statistics -> training (FID runs: every dataset x loss x seed;
 critic runs for Sec. 4.1-4.2) -> FID/SWD curves -> shift, noise, neighbours and the
-motivating example -> every figure -> results table. Every step is one `wwgan` command
-(see `python wwgan.py --help`); settings live in config/config.yaml.
+motivating example -> every figure -> results table. Every step is one command: `wwgan
+train|download|samples` or a script of scripts/ (each has --help); settings live in
+config/presets/<preset>.yaml, chosen by config/config.yaml's `preset`.
 """
 
 import hashlib
 import os
 import shlex
 import sys
+
+import yaml
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
@@ -24,13 +27,18 @@ min_version("8.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-def schema_error(settings, schema, what):
+# ---------------------------------------------------------------------------------------
+# settings: the chosen preset's file, with top-level --config/--configfile values merged in
+# ---------------------------------------------------------------------------------------
+
+
+def schema_error(settings, what):
     """None, or Snakemake's schema validation error on one line that names the offending
     key (its own message prints the whole schema and config for a top-level error)."""
     from jsonschema import ValidationError
 
     try:
-        validate(settings, os.path.join(workflow.basedir, "config", schema))
+        validate(settings, os.path.join(workflow.basedir, "config", "schema.yaml"))
     except WorkflowError as exc:
         cause = exc.__context__
         if not isinstance(cause, ValidationError):
@@ -40,48 +48,31 @@ def schema_error(settings, schema, what):
     return None
 
 
-_error = schema_error(config, "config.schema.yaml", "config (config/config.yaml, --configfile)")
-if _error:
-    raise WorkflowError(_error)
+def merged(preset, override):
+    """`override` merged into `preset` key by key. `--config` hands nested values over as
+    strings (YAML's BaseLoader): a string that YAML reads as a number or a boolean
+    becomes one."""
+    if isinstance(override, dict) and isinstance(preset, dict):
+        return {**preset, **{k: merged(preset.get(k), v) for k, v in override.items()}}
+    if isinstance(override, list):
+        return [merged(None, item) for item in override]
+    if isinstance(override, str):
+        value = yaml.safe_load(override) if override.strip() else override
+        return value if isinstance(value, (bool, int, float)) else override
+    return override
 
 
-# ---------------------------------------------------------------------------------------
-# settings: the chosen preset, with top-level --config values merged over it
-# ---------------------------------------------------------------------------------------
-
-
-def _like(template, value):
-    """`--config` parses nested values as strings (YAML BaseLoader): give an override the
-    type of the preset value it replaces."""
-    if isinstance(value, dict) and isinstance(template, dict):
-        merged = dict(template)
-        for key, item in value.items():
-            merged[key] = _like(template.get(key), item)
-        return merged
-    if isinstance(value, list) and isinstance(template, list) and template:
-        return [_like(template[0], item) for item in value]
-    # Only scalars are parsed: list("abc") would turn `seeds=abc` into ['a', 'b', 'c'].
-    if isinstance(value, str) and isinstance(template, (bool, int, float)):
-        if isinstance(template, bool):
-            return {"true": True, "false": False}.get(value.lower(), value)
-        try:
-            return type(template)(value)
-        except ValueError:
-            return value
-    return value
-
-
-PRESET = config["preset"]
-if PRESET not in config["presets"]:
+PRESET = str(config["preset"])
+PRESETS = sorted(
+    p[: -len(".yaml")] for p in os.listdir(os.path.join(workflow.basedir, "config", "presets"))
+)
+if PRESET not in PRESETS:
     raise WorkflowError(
-        f"unknown preset {PRESET!r} in config/config.yaml; "
-        f"choose from {', '.join(config['presets'])}"
+        f"unknown preset {PRESET!r}; choose from {', '.join(PRESETS)} (config/presets/)"
     )
-S = dict(config["presets"][PRESET])
-for _key, _value in config.items():
-    if _key not in ("preset", "presets"):
-        S[_key] = _like(S.get(_key), _value)
-_error = schema_error(S, "settings.schema.yaml", f"preset {PRESET!r} with --config overrides")
+with open(os.path.join(workflow.basedir, "config", "presets", f"{PRESET}.yaml")) as _file:
+    S = merged(yaml.safe_load(_file), {k: v for k, v in config.items() if k != "preset"})
+_error = schema_error(S, f"preset {PRESET!r} with --config overrides")
 if _error:
     raise WorkflowError(_error)
 if S["train"]["snapshot_every"] > S["train"]["iterations"]:
@@ -96,14 +87,19 @@ ENV = "envs/wwgan.yaml"
 
 
 def _shell_prefix():
-    """Every rule runs `python -m wwgan ...`: wwgan.py is found through PYTHONPATH (also
-    with --directory elsewhere), and `python` is the conda env's under --sdm conda, else
+    """Every rule runs `python -m wwgan ...` or `python "$SCRIPTS/<step>.py" ...`: wwgan.py
+    is found through PYTHONPATH and the steps through $SCRIPTS (also with --directory
+    elsewhere), and `python` is the conda env's under --sdm conda, else
     the interpreter running Snakemake (so a virtualenv need not be activated). Keeping
     both out of the rules' commands and params keeps a rerun from another checkout or
     interpreter from retriggering every job. Progress bars are noise in log files."""
     prefix = "set -euo pipefail; export TQDM_DISABLE=1; "
     # Snakemake formats the prefix too: {{ }} here reaches bash as { }.
-    prefix += f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    prefix += (
+        f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    )
+    prefix += f"SCRIPTS={shlex.quote(os.path.join(workflow.basedir, 'scripts'))}; "
+    prefix += f"BENCHMARKS={shlex.quote(os.path.join(workflow.basedir, 'benchmarks'))}; "
     methods = workflow.deployment_settings.deployment_method
     if not any(str(m).upper().endswith("CONDA") for m in methods):
         prefix += f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
@@ -219,10 +215,9 @@ def figure_specs():
 
 
 FIGURE_SPECS = figure_specs()
-TABLE_INPUTS = (
-    [f"{run}/fid_curve.csv" for run in FID_RUNS + CRITIC_RUNS]
-    + [f"{RESULTS}/{name}.json" for name in ("shift", "noise", "neighbours")]
-)
+TABLE_INPUTS = [f"{run}/fid_curve.csv" for run in FID_RUNS + CRITIC_RUNS] + [
+    f"{RESULTS}/{name}.json" for name in ("shift", "noise", "neighbours")
+]
 
 
 def inputs_flags(files):
@@ -248,11 +243,11 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         [f"{FIGURES}/{name}.{ext}" for name in FIGURE_SPECS for ext in ("png", "pdf")],
         f"{RESULTS}/table.md",
         [f"{RESULTS}/bench.json"] if S["bench"] else [],
-    default_target: True
 
 
 rule download:
@@ -260,10 +255,10 @@ rule download:
         touch(f"{DATA_ROOT}/.downloaded-{{dataset}}"),
     log:
         "logs/download/{dataset}.log",
-    params:
-        root=lambda w, output: shlex.quote(os.path.dirname(output[0])),
     conda:
         ENV
+    params:
+        root=lambda w, output: shlex.quote(os.path.dirname(output[0])),
     shell:
         "python -m wwgan download {wildcards.dataset} --root {params.root} > {log} 2>&1"
 
@@ -276,7 +271,7 @@ rule fid_weights:
     conda:
         ENV
     shell:
-        "python -m wwgan fid-weights > {log} 2>&1"
+        'python "$SCRIPTS/fid.py" weights > {log} 2>&1'
 
 
 rule fid_stats:
@@ -287,17 +282,17 @@ rule fid_stats:
         f"{RESULTS}/fid_stats/{{dataset}}.npz",
     log:
         f"{LOGS}/fid_stats/{{dataset}}.log",
+    conda:
+        ENV
+    threads: S["threads"]["eval"]
+    resources:
+        gpu=1,
     params:
         root=lambda w, input: data_root(input),
         size=lambda w: image_size_flag(w.dataset),
         num_images=S["fid_stats_images"],
-    threads: S["threads"]["eval"]
-    resources:
-        gpu=1,
-    conda:
-        ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m wwgan fid-stats --dataset {wildcards.dataset} "
+        'OMP_NUM_THREADS={threads} python "$SCRIPTS/fid.py" stats --dataset {wildcards.dataset} '
         "--data-root {params.root} {params.size} --num-images {params.num_images} "
         "--out {output} > {log} 2>&1"
 
@@ -311,15 +306,15 @@ rule train:
         touch(f"{RESULTS}/{RUN}/train.done"),
     log:
         f"{LOGS}/{RUN}/train.log",
+    conda:
+        ENV
+    threads: S["threads"]["train"]
+    resources:
+        gpu=NPROC,
     params:
         flags=train_flags,
         out=lambda w, output: shlex.quote(os.path.dirname(output[0])),
         launcher=TRAIN,
-    threads: S["threads"]["train"]
-    resources:
-        gpu=NPROC,
-    conda:
-        ENV
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} train {params.flags} --out {params.out} "
         "--no-progress > {log} 2>&1"
@@ -333,18 +328,18 @@ rule fid_curve:
         f"{RESULTS}/{RUN}/fid_curve.csv",
     log:
         f"{LOGS}/{RUN}/fid_curve.log",
+    conda:
+        ENV
+    threads: S["threads"]["eval"]
+    resources:
+        gpu=1,
     params:
         run=lambda w, input: shlex.quote(os.path.dirname(input.done)),
         stats=lambda w, input: f"--stats {input.stats[0]}" if S["fid"] else "--no-fid",
         root=lambda w, input: data_root(input),
         num_samples=S["curve_samples"],
-    threads: S["threads"]["eval"]
-    resources:
-        gpu=1,
-    conda:
-        ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m wwgan fid-curve {params.run} {params.stats} "
+        'OMP_NUM_THREADS={threads} python "$SCRIPTS/fid.py" curve {params.run} {params.stats} '
         "--dataset {wildcards.dataset} --data-root {params.root} "
         "--num-samples {params.num_samples} --out {output} > {log} 2>&1"
 
@@ -356,10 +351,10 @@ rule samples:
         f"{RESULTS}/{RUN}/samples.png",
     log:
         f"{LOGS}/{RUN}/samples.log",
-    params:
-        run=lambda w, input: shlex.quote(os.path.dirname(input[0])),
     conda:
         ENV
+    params:
+        run=lambda w, input: shlex.quote(os.path.dirname(input[0])),
     shell:
         "python -m wwgan samples {params.run} --out {output} > {log} 2>&1"
 
@@ -372,16 +367,16 @@ rule shift:
         f"{RESULTS}/shift.json",
     log:
         f"{LOGS}/shift.log",
+    conda:
+        ENV
+    threads: S["threads"]["eval"]
     params:
         runs=" ".join(f"--run {shlex.quote(run)}" for run in CRITIC_RUNS),
         dataset=CRITIC_DATASET,
         root=lambda w, input: data_root(input),
         num_images=S["shift"]["num_images"],
-    threads: S["threads"]["eval"]
-    conda:
-        ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m wwgan shift {params.runs} --dataset {params.dataset} "
+        'OMP_NUM_THREADS={threads} python "$SCRIPTS/critic_probes.py" shift {params.runs} --dataset {params.dataset} '
         "--data-root {params.root} --num-images {params.num_images} --out {output} > {log} 2>&1"
 
 
@@ -393,16 +388,16 @@ rule noise:
         f"{RESULTS}/noise.json",
     log:
         f"{LOGS}/noise.log",
+    conda:
+        ENV
+    threads: S["threads"]["eval"]
     params:
         runs=" ".join(f"--run {shlex.quote(run)}" for run in CRITIC_RUNS),
         dataset=CRITIC_DATASET,
         root=lambda w, input: data_root(input),
         num_images=S["noise"]["num_images"],
-    threads: S["threads"]["eval"]
-    conda:
-        ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m wwgan noise {params.runs} --dataset {params.dataset} "
+        'OMP_NUM_THREADS={threads} python "$SCRIPTS/critic_probes.py" noise {params.runs} --dataset {params.dataset} '
         "--data-root {params.root} --num-images {params.num_images} --out {output} > {log} 2>&1"
 
 
@@ -413,16 +408,16 @@ rule neighbours:
         f"{RESULTS}/neighbours.json",
     log:
         f"{LOGS}/neighbours.log",
+    conda:
+        ENV
+    threads: S["threads"]["eval"]
     params:
         dataset=S["neighbours"]["dataset"],
         root=lambda w, input: data_root(input),
         queries=S["neighbours"]["num_queries"],
         candidates=S["neighbours"]["num_candidates"],
-    threads: S["threads"]["eval"]
-    conda:
-        ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m wwgan neighbours --dataset {params.dataset} "
+        'OMP_NUM_THREADS={threads} python "$SCRIPTS/neighbours.py" --dataset {params.dataset} '
         "--data-root {params.root} --num-queries {params.queries} "
         "--num-candidates {params.candidates} --out {output} > {log} 2>&1"
 
@@ -432,12 +427,12 @@ rule motivating_example:
         f"{RESULTS}/motivating.csv",
     log:
         f"{LOGS}/motivating.log",
-    params:
-        size=S["motivating_example"]["size"],
     conda:
         ENV
+    params:
+        size=S["motivating_example"]["size"],
     shell:
-        "python -m wwgan motivating-example --size {params.size} --out {output} > {log} 2>&1"
+        'python "$SCRIPTS/motivating_example.py" --size {params.size} --out {output} > {log} 2>&1'
 
 
 rule figure:
@@ -448,14 +443,14 @@ rule figure:
         f"{FIGURES}/{{name}}.pdf",
     log:
         f"{LOGS}/figures/{{name}}.log",
+    conda:
+        ENV
     params:
         figure=lambda w: FIGURE_SPECS[w.name][0],
         inputs=lambda w, input: inputs_flags(input),
         out=lambda w, output: shlex.quote(output[0][: -len(".png")]),
-    conda:
-        ENV
     shell:
-        "python -m wwgan figure {params.figure} {params.inputs} --out {params.out} > {log} 2>&1"
+        'python "$SCRIPTS/figures.py" {params.figure} {params.inputs} --out {params.out} > {log} 2>&1'
 
 
 rule table:
@@ -466,13 +461,13 @@ rule table:
         csv=f"{RESULTS}/table.csv",
     log:
         f"{LOGS}/table.log",
+    conda:
+        ENV
     params:
         inputs=lambda w, input: inputs_flags(input),
         note=shlex.quote(f"snakemake --cores all --config preset={PRESET}"),
-    conda:
-        ENV
     shell:
-        "python -m wwgan table {params.inputs} --out {output.md} --command {params.note} > {log} 2>&1"
+        'python "$SCRIPTS/table.py" {params.inputs} --out {output.md} --command {params.note} > {log} 2>&1'
 
 
 rule bench:
@@ -480,9 +475,9 @@ rule bench:
         f"{RESULTS}/bench.json",
     log:
         f"{LOGS}/bench.log",
-    resources:
-        gpu=1,
     conda:
         ENV
+    resources:
+        gpu=1,
     shell:
-        "python -m wwgan bench --out {output} > {log} 2>&1"
+        'python "$BENCHMARKS/bench.py" --out {output} > {log} 2>&1'

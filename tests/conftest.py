@@ -1,14 +1,41 @@
-"""Shared fixtures. Real images live in ../shared/data beside the project (see its README);
-tests that need them skip with a reason when it is absent. WWGAN_SHARED overrides the path."""
+"""Shared fixtures and helpers. Real images live in ../shared/data beside the project (see
+its README); tests that need them skip with a reason when it is absent. WWGAN_SHARED
+overrides the path."""
 
+import importlib
+import itertools
+import math
 import os
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("WWGAN_SHARED", ROOT.parent / "shared"))
+# The workflow's steps and the benchmarks import as modules, as they import each other.
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "benchmarks")]
+
+import wwgan  # noqa: E402
+
+# `wwgan train` flags of a tiny run (seconds on a CPU).
+TINY = [
+    "--width",
+    "16",
+    "--batch-size",
+    "8",
+    "--n-critic",
+    "1",
+    "--image-size",
+    "16",
+    "--max-images",
+    "32",
+    "--iterations",
+    "2",
+    "--no-progress",
+]
 
 
 def shared_path(*parts: str) -> Path:
@@ -19,7 +46,119 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def tiny_config(out, **overrides) -> wwgan.TrainConfig:
+    """A TrainConfig for a run of seconds on the synthetic shapes set."""
+    values = dict(
+        out=str(out),
+        dataset="shapes",
+        image_size=16,
+        width=16,
+        batch_size=8,
+        n_critic=2,
+        iterations=6,
+        log_every=2,
+        sample_every=3,
+        checkpoint_every=3,
+        max_images=64,
+        loss="wwgan",
+        device="cpu",
+    )
+    values.update(overrides)
+    return wwgan.TrainConfig(**values)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_cpu():
     torch.use_deterministic_algorithms(True, warn_only=True)
     yield
+
+
+# ---------------------------------------------------------------------------------------
+# command lines, in-process
+# ---------------------------------------------------------------------------------------
+
+
+def invoke(capsys, program: str, *argv) -> tuple[int, str, str]:
+    """Run `wwgan ARGV` ("wwgan") or `python scripts/PROGRAM.py ARGV` in-process through
+    the same entry point as the console (wwgan.run_cli): (exit status, stdout, stderr)."""
+    command = wwgan.cli if program == "wwgan" else importlib.import_module(program).cli
+    prog_name = "wwgan" if program == "wwgan" else f"{program}.py"
+    try:
+        wwgan.run_cli(command, [str(a) for a in argv], prog_name=prog_name)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_step(program: str, *argv) -> None:
+    """`invoke` for a command that must succeed (its output is left to pytest)."""
+    command = wwgan.cli if program == "wwgan" else importlib.import_module(program).cli
+    command.main(args=[str(a) for a in argv], standalone_mode=False)
+
+
+def one_error_line(code, err: str) -> str:
+    """The single `wwgan: error:` line of a wwgan error (exit status 1), checked."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1, (code, err)
+    assert len(lines) == 1, err
+    assert lines[0].startswith("wwgan: error: "), err
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------
+# the penalty's independent reference: a dense matrix built from Supp. Definition 10
+# ---------------------------------------------------------------------------------------
+
+
+def dense_laplacian(density: np.ndarray, neighborhood: int, alpha: float = 0.0) -> np.ndarray:
+    """L~(p) = D^T Lambda(p) D + alpha 1 1^T for one H x W channel graph, straight from
+    Def. 10 and Remark 3: pixels i, j are joined when their centres are one pixel apart
+    (weight 1) or, for the 8-neighbourhood, diagonal (weight 1/2 = 1 / squared length);
+    d_i = weighted degree / total weighted degree; Lambda_ee = (p_i/d_i + p_j/d_j) / 2."""
+    height, width = density.shape
+    coords = [(y, x) for y in range(height) for x in range(width)]
+    n = len(coords)
+    edges = []
+    for i, j in itertools.combinations(range(n), 2):
+        squared_length = (coords[i][0] - coords[j][0]) ** 2 + (coords[i][1] - coords[j][1]) ** 2
+        if squared_length == 1 or (neighborhood == 8 and squared_length == 2):
+            edges.append((i, j, 1.0 / squared_length))
+    degree = np.zeros(n)
+    for i, j, w in edges:
+        degree[i] += w
+        degree[j] += w
+    d = degree / degree.sum()
+    p = density.reshape(-1)
+    D = np.zeros((len(edges), n))
+    Lam = np.zeros((len(edges), len(edges)))
+    for e, (i, j, w) in enumerate(edges):
+        D[e, i], D[e, j] = math.sqrt(w), -math.sqrt(w)
+        Lam[e, e] = 0.5 * (p[i] / d[i] + p[j] / d[j])
+    return D.T @ Lam @ D + alpha * np.ones((n, n))
+
+
+def dense_tilde(density: np.ndarray, neighborhood: int, alpha: float) -> np.ndarray:
+    """Block-diagonal L~ over the channels of one sample (C, H, W): one block each."""
+    channels, height, width = density.shape
+    n = height * width
+    out = np.zeros((channels * n, channels * n))
+    for c in range(channels):
+        out[c * n : (c + 1) * n, c * n : (c + 1) * n] = dense_laplacian(
+            density[c], neighborhood, alpha
+        )
+    return out
+
+
+def dense_quadratic_form(grad: np.ndarray, density: np.ndarray, neighborhood: int, alpha: float):
+    """sum over channels of g_c^T L~(p_c) g_c, and its gradient 2 L~ g, per sample."""
+    values = np.zeros(grad.shape[0])
+    gradients = np.zeros(grad.shape)
+    for b, c in itertools.product(range(grad.shape[0]), range(grad.shape[1])):
+        L = dense_laplacian(density[b, c], neighborhood, alpha)
+        g = grad[b, c].reshape(-1)
+        values[b] += g @ L @ g
+        gradients[b, c] = (2 * L @ g).reshape(grad.shape[2:])
+    return values, gradients

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import wwgan
-from conftest import shared_path
+from conftest import invoke, one_error_line, shared_path
 
 # The official CIFAR-10 training-set channel means (the widely quoted normalisation
 # constants 0.4914, 0.4822, 0.4465), an independent reference for the decoded pixels.
@@ -31,24 +31,6 @@ CELEBA_EYES = ((69.0, 111.0), (107.5, 111.5))
 
 def config(**overrides):
     return wwgan.TrainConfig(**overrides)
-
-
-def run_cli(capsys, *argv):
-    """wwgan.main(argv) -> (exit code, stdout, stderr)."""
-    try:
-        wwgan.main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("wwgan: error: ") and "Traceback" not in err
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -71,14 +53,21 @@ def write_cifar10_batches(root, per_batch=4, seed=0):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         y = rng.integers(0, 10, per_batch).tolist()
-        entry = {"batch_label": name, "data": x, "labels": y,
-                 "filenames": [f"{name}_{k}.png" for k in range(per_batch)]}
+        entry = {
+            "batch_label": name,
+            "data": x,
+            "labels": y,
+            "filenames": [f"{name}_{k}.png" for k in range(per_batch)],
+        }
         (base / name).write_bytes(pickle.dumps(entry))
         if name != "test_batch":
             train_x.append(x.reshape(-1, 3, 32, 32))
             train_y += y
-    meta = {"label_names": list(wwgan.CIFAR10_CLASSES), "num_cases_per_batch": per_batch,
-            "num_vis": 3072}
+    meta = {
+        "label_names": list(wwgan.CIFAR10_CLASSES),
+        "num_cases_per_batch": per_batch,
+        "num_vis": 3072,
+    }
     (base / "batches.meta").write_bytes(pickle.dumps(meta))
     return np.concatenate(train_x), np.array(train_y)
 
@@ -88,11 +77,17 @@ def trust_fixture_checksums(monkeypatch, root):
     from torchvision.datasets import CIFAR10
 
     base = root / "cifar-10-batches-py"
-    monkeypatch.setattr(CIFAR10, "train_list",
-                        [[f"data_batch_{i}", md5(base / f"data_batch_{i}")] for i in range(1, 6)])
+    monkeypatch.setattr(
+        CIFAR10,
+        "train_list",
+        [[f"data_batch_{i}", md5(base / f"data_batch_{i}")] for i in range(1, 6)],
+    )
     monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5(base / "test_batch")]])
-    monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names",
-                                          "md5": md5(base / "batches.meta")})
+    monkeypatch.setattr(
+        CIFAR10,
+        "meta",
+        {"filename": "batches.meta", "key": "label_names", "md5": md5(base / "batches.meta")},
+    )
 
 
 def no_network(monkeypatch):
@@ -123,8 +118,9 @@ def test_real_cifar10_folder_counts_by_listing():
 
 def test_real_cifar10_subset_pixels_labels_balance_and_cache(tmp_path, monkeypatch):
     root = shared_path("data", "cifar10")
-    cfg = config(dataset="cifar10", data_root=str(root), max_images=2000,
-                 cache_dir=str(tmp_path / "cache"))
+    cfg = config(
+        dataset="cifar10", data_root=str(root), max_images=2000, cache_dir=str(tmp_path / "cache")
+    )
     images, labels = wwgan.load_dataset_with_labels(cfg)
     assert images.shape == (2000, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.shape == (2000,) and labels.dtype == torch.int64
@@ -153,8 +149,13 @@ def test_real_cifar10_subset_pixels_labels_balance_and_cache(tmp_path, monkeypat
 
 
 def test_real_celeba_crop_holds_a_centered_face(tmp_path):
-    cfg = config(dataset="celeba", data_root=str(shared_path("data", "celeba")),
-                 image_size=64, max_images=1000, cache_dir="")
+    cfg = config(
+        dataset="celeba",
+        data_root=str(shared_path("data", "celeba")),
+        image_size=64,
+        max_images=1000,
+        cache_dir="",
+    )
     images = wwgan.load_dataset(cfg)
     assert images.shape == (1000, 3, 64, 64) and images.dtype == torch.uint8
     mean = images.double().mean(0).numpy()
@@ -186,31 +187,54 @@ def test_celeba_crop_scales_with_resolution(tmp_path):
         assert image.size == (89, 109)
         image.save(half / f"{name[:-4]}.png")
         image.resize((178, 218), Image.Resampling.BICUBIC).save(full / f"{name[:-4]}.png")
-    crops = [wwgan.load_dataset(config(dataset="celeba", data_root=str(folder.parent),
-                                       image_size=64, cache_dir="")).double()
-             for folder in (half, full)]
+    crops = [
+        wwgan.load_dataset(
+            config(dataset="celeba", data_root=str(folder.parent), image_size=64, cache_dir="")
+        ).double()
+        for folder in (half, full)
+    ]
     assert crops[0].shape == crops[1].shape == (4, 3, 64, 64)
     assert (crops[0] - crops[1]).abs().mean() < 4.0  # of 255; a misplaced crop gives ~30
-    wider = wwgan.load_dataset(config(dataset="celeba", data_root=str(half.parent),
-                                      image_size=64, cache_dir="", celeba_crop=178)).double()
+    wider = wwgan.load_dataset(
+        config(
+            dataset="celeba",
+            data_root=str(half.parent),
+            image_size=64,
+            cache_dir="",
+            celeba_crop=178,
+        )
+    ).double()
     assert (wider - crops[0]).abs().mean() > 15.0
     # --data-root may also name the image folder itself.
-    direct = wwgan.load_dataset(config(dataset="celeba", data_root=str(half), image_size=64,
-                                       cache_dir=""))
+    direct = wwgan.load_dataset(
+        config(dataset="celeba", data_root=str(half), image_size=64, cache_dir="")
+    )
     assert torch.equal(direct, crops[0].to(torch.uint8))
 
 
-@pytest.mark.parametrize("dataset,image_size,max_images", [("cifar10", 32, 256),
-                                                            ("celeba", 64, 64)])
+@pytest.mark.parametrize(
+    "dataset,image_size,max_images", [("cifar10", 32, 256), ("celeba", 64, 64)]
+)
 def test_real_data_trains_a_few_steps(tmp_path, dataset, image_size, max_images):
     root = shared_path("data", dataset)
-    cfg = config(dataset=dataset, data_root=str(root), image_size=image_size, width=16,
-                 iterations=2, batch_size=8, max_images=max_images, log_every=1,
-                 out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), device="cpu")
+    cfg = config(
+        dataset=dataset,
+        data_root=str(root),
+        image_size=image_size,
+        width=16,
+        iterations=2,
+        batch_size=8,
+        max_images=max_images,
+        log_every=1,
+        out=str(tmp_path / "run"),
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
     state = wwgan.train(cfg, progress=False)
     assert state.iteration == 2
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
-            .splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [row["iteration"] for row in rows] == [1, 2]
     for row in rows:
         assert all(np.isfinite(v) for v in row.values()), row
@@ -226,22 +250,28 @@ def test_cifar10_torchvision_pickles(tmp_path, monkeypatch):
     trust_fixture_checksums(monkeypatch, tmp_path)
     # A folder copy beside the pickles is ignored: the lossless originals come first.
     (tmp_path / "train").mkdir()
-    images, labels = wwgan.load_dataset_with_labels(config(dataset="cifar10",
-                                                           data_root=str(tmp_path)))
+    images, labels = wwgan.load_dataset_with_labels(
+        config(dataset="cifar10", data_root=str(tmp_path))
+    )
     np.testing.assert_array_equal(images.numpy(), expected)
     np.testing.assert_array_equal(labels.numpy(), expected_labels)
 
     subset, subset_labels = wwgan.load_dataset_with_labels(
-        config(dataset="cifar10", data_root=str(tmp_path), max_images=7))
+        config(dataset="cifar10", data_root=str(tmp_path), max_images=7)
+    )
     picked = wwgan.subset_indices(20, 7)
     assert len(set(picked)) == 7 and set(picked) <= set(wwgan.subset_indices(20, 12))
     np.testing.assert_array_equal(subset.numpy(), expected[picked])
     np.testing.assert_array_equal(subset_labels.numpy(), expected_labels[picked])
 
-    gray = wwgan.load_dataset(config(dataset="cifar10", data_root=str(tmp_path), channels=1,
-                                     image_size=16))
-    reference = Image.fromarray(expected[0].transpose(1, 2, 0)).convert("L").resize(
-        (16, 16), Image.Resampling.BICUBIC)
+    gray = wwgan.load_dataset(
+        config(dataset="cifar10", data_root=str(tmp_path), channels=1, image_size=16)
+    )
+    reference = (
+        Image.fromarray(expected[0].transpose(1, 2, 0))
+        .convert("L")
+        .resize((16, 16), Image.Resampling.BICUBIC)
+    )
     assert gray.shape == (20, 1, 16, 16)
     np.testing.assert_array_equal(gray[0, 0].numpy(), np.asarray(reference))
 
@@ -251,9 +281,20 @@ def test_cifar10_corrupt_pickle_is_one_line_error(tmp_path, monkeypatch, capsys)
     trust_fixture_checksums(monkeypatch, tmp_path)
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:100])
-    code, _, err = run_cli(capsys, "train", "--dataset", "cifar10", "--data-root",
-                           str(tmp_path), "--out", str(tmp_path / "run"), "--iterations", "1")
-    line = one_error_line(err)
+    code, _, err = invoke(
+        capsys,
+        "wwgan",
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "run"),
+        "--iterations",
+        "1",
+    )
+    line = one_error_line(code, err)
     assert code == 1
     assert str(tmp_path / "cifar-10-batches-py") in line
     assert f"wwgan download cifar10 --root {tmp_path}" in line
@@ -281,7 +322,8 @@ def test_folder_converts_modes_and_skips_bad_files(tmp_path, capsys):
     (folder / ".DS_Store").write_bytes(b"\0")  # hidden: ignored, not counted
 
     images, labels = wwgan.load_dataset_with_labels(
-        config(dataset="folder", data_root=str(folder), image_size=16, cache_dir=""))
+        config(dataset="folder", data_root=str(folder), image_size=16, cache_dir="")
+    )
     assert labels is None and images.shape == (4, 3, 16, 16)
     assert images[0, :, 5, 5].tolist() == [200, 30, 40]
     assert abs(images[1].int() - 90).max() <= 1 and images[1].float().std(0).max() == 0
@@ -303,7 +345,8 @@ def test_folder_class_layout_labels_and_center_crop(tmp_path):
         image.save(root / name / "1.png")
     (root / "empty").mkdir()
     images, labels = wwgan.load_dataset_with_labels(
-        config(dataset="folder", data_root=str(root), image_size=16, cache_dir=""))
+        config(dataset="folder", data_root=str(root), image_size=16, cache_dir="")
+    )
     assert labels.tolist() == [0, 0, 1, 1]  # ant, ant, zebra, zebra; empty has no class
     assert images[:2, :, 2:-2, 2:-2].float().mean((0, 2, 3)).tolist() == [255.0, 0.0, 0.0]
     assert images[2:, :, 2:-2, 2:-2].float().mean((0, 2, 3)).tolist() == [0.0, 0.0, 255.0]
@@ -325,11 +368,11 @@ def test_large_jpegs_use_draft_decoding_without_losing_the_content(tmp_path, mon
     folder.mkdir()
     rng = np.random.default_rng(0)
     smooth = rng.integers(0, 256, (3, 8, 8)).astype(np.uint8)
-    big = Image.fromarray(smooth.transpose(1, 2, 0)).resize((512, 512),
-                                                            Image.Resampling.BICUBIC)
+    big = Image.fromarray(smooth.transpose(1, 2, 0)).resize((512, 512), Image.Resampling.BICUBIC)
     big.save(folder / "big.jpg", quality=95)
-    image = wwgan.load_dataset(config(dataset="folder", data_root=str(folder), image_size=32,
-                                      cache_dir=""))[0].double()
+    image = wwgan.load_dataset(
+        config(dataset="folder", data_root=str(folder), image_size=32, cache_dir="")
+    )[0].double()
     assert drafted == [(64, 64)]  # libjpeg decoded at 1/8 scale, still >= 32 pixels
     reference = big.resize((32, 32), Image.Resampling.BICUBIC)  # full decode, no draft
     assert (image - torch.from_numpy(np.array(reference).transpose(2, 0, 1))).abs().mean() < 3
@@ -348,8 +391,12 @@ def make_class_folder(root, n=6):
 
 def test_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, capsys):
     make_class_folder(tmp_path / "data")
-    cfg = config(dataset="folder", data_root=str(tmp_path / "data"), image_size=16,
-                 cache_dir=str(tmp_path / "cache"))
+    cfg = config(
+        dataset="folder",
+        data_root=str(tmp_path / "data"),
+        image_size=16,
+        cache_dir=str(tmp_path / "cache"),
+    )
     images, labels = wwgan.load_dataset_with_labels(cfg)
     (cache_file,) = [p for p in (tmp_path / "cache").glob("*.npy") if ".labels" not in p.name]
     cache_file.write_bytes(cache_file.read_bytes()[:150])  # torn
@@ -359,9 +406,15 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, capsys):
     assert np.load(cache_file).shape == (6, 3, 16, 16)
 
     # Another resolution or subset is another cache entry, never a stale hit.
-    small = wwgan.load_dataset(config(dataset="folder", data_root=str(tmp_path / "data"),
-                                      image_size=16, max_images=3,
-                                      cache_dir=str(tmp_path / "cache")))
+    small = wwgan.load_dataset(
+        config(
+            dataset="folder",
+            data_root=str(tmp_path / "data"),
+            image_size=16,
+            max_images=3,
+            cache_dir=str(tmp_path / "cache"),
+        )
+    )
     assert small.shape == (3, 3, 16, 16)
     assert len(list((tmp_path / "cache").glob("folder-16px-3ch-*.labels.npy"))) == 2
 
@@ -370,8 +423,14 @@ def test_unwritable_cache_only_warns(tmp_path, capsys):
     make_class_folder(tmp_path / "data")
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    images = wwgan.load_dataset(config(dataset="folder", data_root=str(tmp_path / "data"),
-                                       image_size=16, cache_dir=str(blocker / "cache")))
+    images = wwgan.load_dataset(
+        config(
+            dataset="folder",
+            data_root=str(tmp_path / "data"),
+            image_size=16,
+            cache_dir=str(blocker / "cache"),
+        )
+    )
     assert images.shape == (6, 3, 16, 16)
     assert "could not write the decoded-image cache" in capsys.readouterr().err
 
@@ -381,13 +440,26 @@ def test_unwritable_cache_only_warns(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dataset,expected", [
-    ("cifar10", "cifar-10-batches-py"), ("celeba", "img_align_celeba"), ("folder", "")])
+@pytest.mark.parametrize(
+    "dataset,expected",
+    [("cifar10", "cifar-10-batches-py"), ("celeba", "img_align_celeba"), ("folder", "")],
+)
 def test_missing_data_is_one_line_error(tmp_path, capsys, dataset, expected):
     root = tmp_path / "nothing_here"
-    code, _, err = run_cli(capsys, "train", "--dataset", dataset, "--data-root", str(root),
-                           "--out", str(tmp_path / "run"), "--iterations", "1")
-    line = one_error_line(err)
+    code, _, err = invoke(
+        capsys,
+        "wwgan",
+        "train",
+        "--dataset",
+        dataset,
+        "--data-root",
+        str(root),
+        "--out",
+        str(tmp_path / "run"),
+        "--iterations",
+        "1",
+    )
+    line = one_error_line(code, err)
     assert code == 1 and str(root) in line and expected in line
     if dataset != "folder":
         assert f"`wwgan download {dataset} --root {root}`" in line
@@ -398,26 +470,57 @@ def test_zero_usable_images_is_an_error(tmp_path, capsys):
     folder.mkdir()
     (folder / "a.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (folder / "b.png").write_bytes(b"")
-    code, _, err = run_cli(capsys, "train", "--dataset", "folder", "--data-root", str(folder),
-                           "--out", str(tmp_path / "run"), "--cache-dir", "")
+    code, _, err = invoke(
+        capsys,
+        "wwgan",
+        "train",
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(folder),
+        "--out",
+        str(tmp_path / "run"),
+        "--cache-dir",
+        "",
+    )
     assert code == 1
     assert "no usable images under " + str(folder) in err.splitlines()[-1]
 
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("hi")
-    code, _, err = run_cli(capsys, "train", "--dataset", "folder", "--data-root", str(empty),
-                           "--out", str(tmp_path / "run2"))
-    assert code == 1 and f"no image files (.jpg" in one_error_line(err) and str(empty) in err
+    code, _, err = invoke(
+        capsys,
+        "wwgan",
+        "train",
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(empty),
+        "--out",
+        str(tmp_path / "run2"),
+    )
+    assert code == 1 and "no image files (.jpg" in one_error_line(code, err) and str(empty) in err
 
 
 def test_bad_image_size_dataset_and_crop_fail_before_training(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "train", "--dataset", "shapes", "--image-size", "48",
-                           "--out", str(tmp_path / "run"))
-    assert code == 1 and "image size 48 is not supported" in one_error_line(err)
+    code, _, err = invoke(
+        capsys,
+        "wwgan",
+        "train",
+        "--dataset",
+        "shapes",
+        "--image-size",
+        "48",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert code == 1 and "image size 48 is not supported" in one_error_line(code, err)
     assert not (tmp_path / "run").exists()
-    code, _, err = run_cli(capsys, "train", "--dataset", "mnist", "--out", str(tmp_path / "r"))
-    assert code == 1 and "unknown dataset 'mnist'" in one_error_line(err)
+    code, _, err = invoke(
+        capsys, "wwgan", "train", "--dataset", "mnist", "--out", str(tmp_path / "r")
+    )
+    assert code == 1 and "unknown dataset 'mnist'" in one_error_line(code, err)
     with pytest.raises(wwgan.WWGANError, match="celeba_crop"):
         wwgan.load_dataset(config(dataset="celeba", celeba_crop=300))
 
@@ -429,7 +532,7 @@ def test_shapes_needs_no_files_and_is_deterministic():
     for image, label in zip(images, labels):
         bright = image.float().mean(0) > 100
         rows, cols = bright.any(1).nonzero(), bright.any(0).nonzero()
-        box = bright[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        box = bright[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert (box.float().mean() > 0.9) == bool(label)
     assert torch.equal(images, wwgan.load_dataset(config(dataset="shapes", max_images=16)))
 
@@ -441,8 +544,8 @@ def test_shapes_needs_no_files_and_is_deterministic():
 
 def test_download_cifar10_offline_says_what_to_do(tmp_path, monkeypatch, capsys):
     no_network(monkeypatch)
-    code, _, err = run_cli(capsys, "download", "cifar10", "--root", str(tmp_path / "data"))
-    line = one_error_line(err)
+    code, _, err = invoke(capsys, "wwgan", "download", "cifar10", "--root", str(tmp_path / "data"))
+    line = one_error_line(code, err)
     assert code == 1
     assert str(tmp_path / "data" / "cifar-10-batches-py") in line
     assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in line
@@ -461,18 +564,23 @@ def test_download_cifar10_verifies_a_hand_placed_archive(tmp_path, monkeypatch, 
         tar.add(tmp_path / "made" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     no_network(monkeypatch)
     monkeypatch.setattr(CIFAR10, "tgz_md5", "0" * 32)  # wrong checksum: refused
-    code, _, err = run_cli(capsys, "download", "cifar10", "--root", str(root))
-    assert code == 1 and "does not match md5 " + "0" * 32 in one_error_line(err)
+    code, _, err = invoke(capsys, "wwgan", "download", "cifar10", "--root", str(root))
+    assert code == 1 and "does not match md5 " + "0" * 32 in one_error_line(code, err)
     monkeypatch.setattr(CIFAR10, "tgz_md5", md5(root / CIFAR10.filename))
-    code, out, err = run_cli(capsys, "download", "cifar10", "--root", str(root))
+    code, out, err = invoke(capsys, "wwgan", "download", "cifar10", "--root", str(root))
     assert code == 0 and "verified" in out, err
     images = wwgan.load_dataset(config(dataset="cifar10", data_root=str(root)))
     np.testing.assert_array_equal(images.numpy(), expected)
 
 
-CELEBA_FILES = ("img_align_celeba.zip", "list_attr_celeba.txt", "identity_CelebA.txt",
-                "list_bbox_celeba.txt", "list_landmarks_align_celeba.txt",
-                "list_eval_partition.txt")
+CELEBA_FILES = (
+    "img_align_celeba.zip",
+    "list_attr_celeba.txt",
+    "identity_CelebA.txt",
+    "list_bbox_celeba.txt",
+    "list_landmarks_align_celeba.txt",
+    "list_eval_partition.txt",
+)
 
 
 def test_download_celeba_quota_page_gives_manual_steps(tmp_path, monkeypatch, capsys):
@@ -485,8 +593,8 @@ def test_download_celeba_quota_page_gives_manual_steps(tmp_path, monkeypatch, ca
         raise RuntimeError("File not found or corrupted.")
 
     monkeypatch.setattr(tv_utils, "download_file_from_google_drive", quota_page)
-    code, _, err = run_cli(capsys, "download", "celeba", "--root", str(tmp_path / "data"))
-    line = one_error_line(err)
+    code, _, err = invoke(capsys, "wwgan", "download", "celeba", "--root", str(tmp_path / "data"))
+    line = one_error_line(code, err)
     assert code == 1
     assert str(tmp_path / "data" / "celeba") + "/" in line
     for name in CELEBA_FILES:
@@ -508,8 +616,9 @@ def test_download_celeba_unpacks_verified_files(tmp_path, monkeypatch, capsys):
             archive.write(path, f"img_align_celeba/{path.name}")
     for name in CELEBA_FILES[1:]:
         (made / name).write_text(f"{name}\n")
-    monkeypatch.setattr(CelebA, "file_list", [(f"id-{name}", md5(made / name), name)
-                                              for name in CELEBA_FILES])
+    monkeypatch.setattr(
+        CelebA, "file_list", [(f"id-{name}", md5(made / name), name) for name in CELEBA_FILES]
+    )
 
     def from_fixture(file_id, root, filename=None, md5=None):
         if filename == "identity_CelebA.txt":
@@ -521,10 +630,11 @@ def test_download_celeba_unpacks_verified_files(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(tv_utils, "download_file_from_google_drive", from_fixture)
     root = tmp_path / "data"
-    code, out, err = run_cli(capsys, "download", "celeba", "--root", str(root))
+    code, out, err = invoke(capsys, "wwgan", "download", "celeba", "--root", str(root))
     assert code == 0 and str(root / "celeba" / "img_align_celeba") in out, err
     assert "identity_CelebA.txt" in err and "not needed for training" in err
-    images = wwgan.load_dataset(config(dataset="celeba", data_root=str(root), image_size=64,
-                                       cache_dir=""))
+    images = wwgan.load_dataset(
+        config(dataset="celeba", data_root=str(root), image_size=64, cache_dir="")
+    )
     assert images.shape == (3, 3, 64, 64)
     assert abs(images[:, 0].float().mean((1, 2)) - torch.tensor([50.0, 100, 150])).max() < 3

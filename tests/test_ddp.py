@@ -44,8 +44,9 @@ def _one_update(config, critic_for_loss, plain_critic, real, fake, eps):
     """One critic update (Algorithm 1, lines 7-9) on explicit tensors, through
     `critic_for_loss` (DDP-wrapped or not): the weight gradients and the weights after
     the Adam step."""
-    optimizer = torch.optim.Adam(plain_critic.parameters(), lr=config.lr,
-                                 betas=(config.beta1, config.beta2))
+    optimizer = torch.optim.Adam(
+        plain_critic.parameters(), lr=config.lr, betas=(config.beta1, config.beta2)
+    )
     loss, _ = wwgan.critic_objective(config, critic_for_loss, real, fake, eps=eps)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -60,8 +61,9 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=WORLD_SIZE)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE
+    )
     try:
         results = {}
         for loss in LOSSES:
@@ -70,8 +72,9 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
             critic = wwgan.Critic(config.image_size, config.channels, config.width)
             real, fake, eps = _fixed_batch(config)
             share = slice(rank * BATCH // WORLD_SIZE, (rank + 1) * BATCH // WORLD_SIZE)
-            results[loss] = _one_update(config, DDP(critic), critic, real[share], fake[share],
-                                        eps[share])
+            results[loss] = _one_update(
+                config, DDP(critic), critic, real[share], fake[share], eps[share]
+            )
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -107,12 +110,42 @@ def test_two_processes_with_half_batches_equal_one_process_with_the_whole_batch(
 def test_torchrun_two_gloo_processes_train_and_only_rank0_writes(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={WORLD_SIZE}", str(ROOT / "wwgan.py"), "train",
-           "--dataset", "shapes", "--image-size", "16", "--width", "16", "--batch-size", "8",
-           "--n-critic", "2", "--iterations", "4", "--log-every", "1", "--sample-every", "4",
-           "--snapshot-every", "2", "--max-images", "64", "--device", "cpu", "--loss", "wwgan",
-           "--out", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD_SIZE}",
+        str(ROOT / "wwgan.py"),
+        "train",
+        "--dataset",
+        "shapes",
+        "--image-size",
+        "16",
+        "--width",
+        "16",
+        "--batch-size",
+        "8",
+        "--n-critic",
+        "2",
+        "--iterations",
+        "4",
+        "--log-every",
+        "1",
+        "--sample-every",
+        "4",
+        "--snapshot-every",
+        "2",
+        "--max-images",
+        "64",
+        "--device",
+        "cpu",
+        "--loss",
+        "wwgan",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -124,7 +157,9 @@ def test_torchrun_two_gloo_processes_train_and_only_rank0_writes(tmp_path):
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     assert checkpoint["iteration"] == 4
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == [
-        "generator_0000002.pt", "generator_0000004.pt"]
+        "generator_0000002.pt",
+        "generator_0000004.pt",
+    ]
     # the DDP checkpoint loads into the plain models
     config, generator, critic = wwgan.load_run(out)
     assert config.batch_size == 8
@@ -132,8 +167,12 @@ def test_torchrun_two_gloo_processes_train_and_only_rank0_writes(tmp_path):
 
 
 def test_batch_that_does_not_split_over_processes_is_a_user_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(wwgan, "init_distributed",
-                        lambda device: (wwgan.DistributedContext(0, 3), device))
+    monkeypatch.setattr(
+        wwgan, "init_distributed", lambda device: (wwgan.DistributedContext(0, 3), device)
+    )
     with pytest.raises(wwgan.WWGANError, match="multiple of 3"):
-        wwgan.train(wwgan.TrainConfig(out=str(tmp_path), batch_size=8, width=16,
-                                      image_size=16, iterations=1, device="cpu"))
+        wwgan.train(
+            wwgan.TrainConfig(
+                out=str(tmp_path), batch_size=8, width=16, image_size=16, iterations=1, device="cpu"
+            )
+        )

@@ -16,8 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
+import fid
+import figures
+import swd
 import wwgan
-from conftest import shared_path
+from conftest import invoke, run_step, shared_path
 
 
 @pytest.fixture(autouse=True)
@@ -29,8 +32,8 @@ def _empty_torch_home(tmp_path, monkeypatch):
 def fid_home(tmp_path_factory):
     """A TORCH_HOME holding pytorch-fid's weights converted by `write_fid_weights`."""
     home = tmp_path_factory.mktemp("torch_home")
-    out = home / "hub" / "checkpoints" / wwgan.FID_WEIGHTS_FILENAME
-    check = wwgan.write_fid_weights(out=out)
+    out = home / "hub" / "checkpoints" / fid.FID_WEIGHTS_FILENAME
+    check = fid.write_fid_weights(out=out)
     assert check["relative"] < 1e-4 and Path(check["path"]) == out
     return home
 
@@ -39,9 +42,20 @@ def fid_home(tmp_path_factory):
 def tiny_run(tmp_path_factory):
     """4 generator iterations on shapes with a snapshot every 2."""
     out = tmp_path_factory.mktemp("runs") / "wwgan-seed0"
-    config = wwgan.TrainConfig(out=str(out), dataset="shapes", image_size=32, width=16,
-                               iterations=4, batch_size=8, n_critic=1, snapshot_every=2,
-                               max_images=64, checkpoint_every=2, sample_every=0, device="cpu")
+    config = wwgan.TrainConfig(
+        out=str(out),
+        dataset="shapes",
+        image_size=32,
+        width=16,
+        iterations=4,
+        batch_size=8,
+        n_critic=1,
+        snapshot_every=2,
+        max_images=64,
+        checkpoint_every=2,
+        sample_every=0,
+        device="cpu",
+    )
     wwgan.train(config, progress=False)
     return out
 
@@ -64,14 +78,16 @@ def test_converted_weights_give_torchscript_features_through_pytorch_fid(fid_hom
     from pytorch_fid.inception import InceptionV3
 
     monkeypatch.setenv("TORCH_HOME", str(fid_home))
-    images = torch.cat([_cifar_images(4),
-                        torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))])
+    images = torch.cat(
+        [_cifar_images(4), torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))]
+    )
     model = InceptionV3([3]).eval()  # resize to 299 and 2x - 1 inside
-    torchscript = wwgan.load_torchscript_inception()
+    torchscript = fid.load_torchscript_inception()
     with torch.no_grad():
         ours = model(images)[0].flatten(1)
-        x = torch.nn.functional.interpolate(images, size=(299, 299), mode="bilinear",
-                                            align_corners=False)
+        x = torch.nn.functional.interpolate(
+            images, size=(299, 299), mode="bilinear", align_corners=False
+        )
         theirs = torchscript(2 * x - 1)
     assert ours.shape == theirs.shape == (5, 2048)
     relative = ((ours - theirs).abs().max() / theirs.abs().max()).item()
@@ -81,7 +97,7 @@ def test_converted_weights_give_torchscript_features_through_pytorch_fid(fid_hom
 
 
 def test_conversion_fails_loudly_on_a_foreign_network():
-    state = wwgan.load_torchscript_inception().state_dict()
+    state = fid.load_torchscript_inception().state_dict()
 
     class Foreign:
         def __init__(self, tensors):
@@ -94,27 +110,29 @@ def test_conversion_fails_loudly_on_a_foreign_network():
     key = "net.layers.mixed_9.tower_mixed_conv.weight"  # (384, 384, 1, 3)
     reshaped[key] = state[key].transpose(2, 3)
     with pytest.raises(wwgan.WWGANError, match="tower_mixed_conv.weight"):
-        wwgan.convert_fid_helper_inception(Foreign(reshaped))
+        fid.convert_fid_helper_inception(Foreign(reshaped))
     missing = {k: v for k, v in state.items() if not k.startswith("net.layers.mixed_10.conv.")}
     with pytest.raises(wwgan.WWGANError, match="does not match pytorch-fid"):
-        wwgan.convert_fid_helper_inception(Foreign(missing))
+        fid.convert_fid_helper_inception(Foreign(missing))
 
 
 def test_missing_weights_are_a_one_line_error(monkeypatch, tmp_path, capsys):
-    with pytest.raises(wwgan.WWGANError, match="run `wwgan fid-weights`.*download https://"):
-        wwgan.load_fid_inception(allow_download=False)
+    with pytest.raises(
+        wwgan.WWGANError, match="run `python scripts/fid.py weights`.*download https://"
+    ):
+        fid.load_fid_inception(allow_download=False)
     from pytorch_fid import inception
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(inception, "load_state_dict_from_url", offline)
-    with pytest.raises(SystemExit) as exit_info:
-        wwgan.main(["fid-stats", "--num-images", "4", "--out", str(tmp_path / "s.npz"),
-                    "--device", "cpu"])
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip()
-    expected = tmp_path / "torch_home" / "hub" / "checkpoints" / wwgan.FID_WEIGHTS_FILENAME
+    code, _, err = invoke(
+        capsys, "fid", "stats", "--num-images", "4", "--out", tmp_path / "s.npz", "--device", "cpu"
+    )
+    assert code == 1
+    err = err.strip()
+    expected = tmp_path / "torch_home" / "hub" / "checkpoints" / fid.FID_WEIGHTS_FILENAME
     assert err.startswith(f"wwgan: error: Inception weights for FID not found at {expected}")
     assert "\n" not in err and not (tmp_path / "s.npz").exists()
 
@@ -132,9 +150,10 @@ def test_streamed_statistics_equal_numpy_mean_and_cov():
         # (BLAS blocking depends on the shape and the thread count)
         return [torch.tanh(x.double().flatten(1) @ projection.double())[:, :, None, None]]
 
-    images = torch.randint(0, 256, (70, 3, 8, 8), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(1))
-    mu, sigma, count = wwgan.inception_statistics(wwgan.image_batches(images, 16), features)
+    images = torch.randint(
+        0, 256, (70, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    mu, sigma, count = fid.inception_statistics(swd.image_batches(images, 16), features)
     stacked = features(images.float() / 255)[0].flatten(1).double().numpy()
     assert count == 70
     np.testing.assert_allclose(mu, stacked.mean(0), rtol=1e-10, atol=1e-12)
@@ -156,12 +175,13 @@ def test_frechet_distance_equals_pytorch_fid_on_full_rank_statistics():
     stats_b = (b.mean(0), np.cov(b, rowvar=False))
     expected = calculate_frechet_distance(*stats_a, *stats_b)
     assert expected > 1.0
-    assert wwgan.frechet_distance(*stats_a, *stats_b) == pytest.approx(expected, rel=1e-9)
-    assert wwgan.frechet_distance(*stats_b, *stats_a) == pytest.approx(expected, rel=1e-9)
-    root = wwgan.symmetric_sqrt(stats_b[1])
+    assert fid.frechet_distance(*stats_a, *stats_b) == pytest.approx(expected, rel=1e-9)
+    assert fid.frechet_distance(*stats_b, *stats_a) == pytest.approx(expected, rel=1e-9)
+    root = fid.symmetric_sqrt(stats_b[1])
     np.testing.assert_allclose(root @ root, stats_b[1], atol=1e-12)
-    assert wwgan.frechet_distance(*stats_a, *stats_b, sqrt_sigma2=root) == pytest.approx(
-        expected, rel=1e-9)
+    assert fid.frechet_distance(*stats_a, *stats_b, sqrt_sigma2=root) == pytest.approx(
+        expected, rel=1e-9
+    )
 
 
 def test_frechet_distance_with_fewer_samples_than_dimensions_is_exact():
@@ -169,12 +189,14 @@ def test_frechet_distance_with_fewer_samples_than_dimensions_is_exact():
     formula, with no matrix square root at all."""
     a = _correlated_features(12, 200, seed=2)
     b = _correlated_features(20, 200, seed=3, scale=0.7, shift=-0.1)
-    got = wwgan.frechet_distance(a.mean(0), np.cov(a, rowvar=False),
-                                 b.mean(0), np.cov(b, rowvar=False))
+    got = fid.frechet_distance(
+        a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    )
     # the null space adds the square roots of round-off eigenvalues (~1e-14): ~2e-8 here
     assert got == pytest.approx(_exact_fid(a, b), rel=1e-7)
-    same = wwgan.frechet_distance(a.mean(0), np.cov(a, rowvar=False),
-                                  a.mean(0), np.cov(a, rowvar=False))
+    same = fid.frechet_distance(
+        a.mean(0), np.cov(a, rowvar=False), a.mean(0), np.cov(a, rowvar=False)
+    )
     assert abs(same) < 1e-6 * np.trace(np.cov(a, rowvar=False))
 
 
@@ -182,9 +204,9 @@ def test_frechet_distance_of_non_finite_or_mismatched_statistics():
     mu, sigma = np.zeros(4), np.eye(4)
     broken = sigma.copy()
     broken[0, 0] = np.nan
-    assert math.isnan(wwgan.frechet_distance(mu, broken, mu, sigma))  # as pytorch-fid
+    assert math.isnan(fid.frechet_distance(mu, broken, mu, sigma))  # as pytorch-fid
     with pytest.raises(wwgan.WWGANError, match="different shapes"):
-        wwgan.frechet_distance(mu, sigma, np.zeros(3), np.eye(3))
+        fid.frechet_distance(mu, sigma, np.zeros(3), np.eye(3))
 
 
 def test_images_to_uint8_maps_the_tanh_range_linearly():
@@ -196,8 +218,8 @@ def test_images_to_uint8_maps_the_tanh_range_linearly():
 
 def test_real_images_are_a_seeded_uniform_subset_of_the_training_set():
     everything = wwgan.load_dataset(wwgan.TrainConfig(dataset="shapes", image_size=16))
-    subset = wwgan.real_image_subset("shapes", "data", 16, 50)
-    assert torch.equal(subset, wwgan.real_image_subset("shapes", "data", 16, 50))
+    subset = fid.real_image_subset("shapes", "data", 16, 50)
+    assert torch.equal(subset, fid.real_image_subset("shapes", "data", 16, 50))
     flat = everything.flatten(1)
     rows = [int(torch.nonzero((flat == image.flatten()).all(1))[0]) for image in subset]
     assert len(set(rows)) == 50 and max(rows) > 1000  # spread over the set, not its head
@@ -212,14 +234,16 @@ def test_sliced_wasserstein_is_the_mean_of_exact_1d_distances():
     rng = torch.Generator().manual_seed(0)
     a = torch.randn(300, 5, generator=rng, dtype=torch.float64)
     b = 0.5 * torch.randn(300, 5, generator=rng, dtype=torch.float64) + 0.3
-    directions = wwgan.random_directions(5, 7, rng).double()
-    expected = np.mean([ot.wasserstein_1d((a @ d).numpy(), (b @ d).numpy(), p=1)
-                        for d in directions.T])
-    got = wwgan.sliced_wasserstein(a, b, directions).item()
+    directions = swd.random_directions(5, 7, rng).double()
+    expected = np.mean(
+        [ot.wasserstein_1d((a @ d).numpy(), (b @ d).numpy(), p=1) for d in directions.T]
+    )
+    got = swd.sliced_wasserstein(a, b, directions).item()
     assert got == pytest.approx(expected, rel=1e-10)
     # chunking the directions (to bound memory) changes nothing
-    assert wwgan.sliced_wasserstein(a, b, directions, chunk_elements=600).item() == \
-        pytest.approx(expected, rel=1e-10)
+    assert swd.sliced_wasserstein(a, b, directions, chunk_elements=600).item() == pytest.approx(
+        expected, rel=1e-10
+    )
 
 
 def test_laplacian_pyramid_matches_karras_and_reconstructs():
@@ -228,7 +252,7 @@ def test_laplacian_pyramid_matches_karras_and_reconstructs():
     from scipy import ndimage
 
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255
-    band, low = wwgan.laplacian_pyramid(images, 2)
+    band, low = swd.laplacian_pyramid(images, 2)
     taps = np.array([1.0, 4.0, 6.0, 4.0, 1.0])
     kernel = (np.outer(taps, taps) / 256)[None, None]
     x = images.double().numpy()
@@ -245,17 +269,17 @@ def test_swd_is_zero_on_equal_sets_symmetric_and_grows_with_noise():
     a = wwgan.make_shapes(48, 32, seed=1)
     b = wwgan.make_shapes(48, 32, seed=2)
     options = dict(per_image=32, directions_per_repeat=128, repeats=2)
-    same = wwgan.sliced_wasserstein_distance(a, a, **options)
+    same = swd.sliced_wasserstein_distance(a, a, **options)
     assert same["mean"] == 0 and len(same["levels"]) == 2  # levels 32 and 16
-    ab = wwgan.sliced_wasserstein_distance(a, b, **options)["mean"]
-    ba = wwgan.sliced_wasserstein_distance(b, a, **options)["mean"]
+    ab = swd.sliced_wasserstein_distance(a, b, **options)["mean"]
+    ba = swd.sliced_wasserstein_distance(b, a, **options)["mean"]
     assert ab > 0 and ab == pytest.approx(ba, rel=1e-6)
     gen = torch.Generator().manual_seed(5)
     noise = torch.randn(b.shape, generator=gen)
     scores = []
     for sigma in (0, 15, 40, 100):
         noisy = (b.float() + sigma * noise).round().clamp(0, 255).to(torch.uint8)
-        scores.append(wwgan.sliced_wasserstein_distance(a, noisy, **options)["mean"])
+        scores.append(swd.sliced_wasserstein_distance(a, noisy, **options)["mean"])
     assert scores == sorted(scores) and scores[-1] > 3 * scores[0], scores
 
 
@@ -269,21 +293,45 @@ def _read_csv(path):
 
 def test_swd_curve_figures_and_samples(tiny_run, tmp_path, monkeypatch, capsys):
     out = tiny_run / "fid_curve.csv"
-    wwgan.main(["fid-curve", str(tiny_run), "--no-fid", "--num-samples", "16", "--device",
-                "cpu", "--batch-size", "8", "--no-progress"])
+    run_step(
+        "fid",
+        "curve",
+        str(tiny_run),
+        "--no-fid",
+        "--num-samples",
+        "16",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    )
     rows = _read_csv(out)
     assert list(rows[0]) == ["iteration", "train_seconds", "fid", "swd"]
     assert [int(r["iteration"]) for r in rows] == [2, 4]
-    assert all(r["fid"] == "" and math.isfinite(float(r["swd"])) and float(r["swd"]) > 0
-               for r in rows)
+    assert all(
+        r["fid"] == "" and math.isfinite(float(r["swd"])) and float(r["swd"]) > 0 for r in rows
+    )
     assert 0 < float(rows[0]["train_seconds"]) < float(rows[1]["train_seconds"])
     # resumable: a rerun computes nothing
     before = out.read_text()
     with monkeypatch.context() as m:
-        m.setattr(wwgan, "load_generator_snapshot",
-                  lambda *a, **k: pytest.fail("recomputed a finished snapshot"))
-        wwgan.main(["fid-curve", str(tiny_run), "--no-fid", "--num-samples", "16", "--device",
-                    "cpu", "--no-progress"])
+        m.setattr(
+            fid,
+            "load_generator_snapshot",
+            lambda *a, **k: pytest.fail("recomputed a finished snapshot"),
+        )
+        run_step(
+            "fid",
+            "curve",
+            str(tiny_run),
+            "--no-fid",
+            "--num-samples",
+            "16",
+            "--device",
+            "cpu",
+            "--no-progress",
+        )
     assert out.read_text() == before
 
     # a second seed and a second loss, from the same numbers
@@ -294,16 +342,17 @@ def test_swd_curve_figures_and_samples(tiny_run, tmp_path, monkeypatch, capsys):
         config = json.loads((tiny_run / "config.json").read_text())
         (run / "config.json").write_text(json.dumps(dict(config, loss=loss, seed=seed)))
         text = "iteration,train_seconds,fid,swd\n" + "".join(
-            f"{r['iteration']},{r['train_seconds']},,{float(r['swd']) + shift}\n" for r in rows)
+            f"{r['iteration']},{r['train_seconds']},,{float(r['swd']) + shift}\n" for r in rows
+        )
         (run / "fid_curve.csv").write_text(text)
         runs.append(run / "fid_curve.csv")
-    paths = wwgan.FIGURES["fid-curves"]([out] + runs, tmp_path / "fig" / "fid-curves")
+    paths = figures.FIGURES["fid-curves"]([out] + runs, tmp_path / "fig" / "fid-curves")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size for p in paths)
     width, height = Image.open(paths[0]).size
     assert width > 2 * height  # one row (SWD only) of two panels
 
     grid_png = tmp_path / "grid.png"
-    wwgan.main(["samples", str(tiny_run), "--out", str(grid_png), "--device", "cpu"])
+    run_step("wwgan", "samples", str(tiny_run), "--out", str(grid_png), "--device", "cpu")
     grid = np.asarray(Image.open(grid_png))
     assert grid.shape == (8 * 32 + 9 * 2, 8 * 32 + 9 * 2, 3)
     # the first tile is G(z) of the first latent, [-1, 1] mapped linearly to [0, 255]
@@ -320,7 +369,7 @@ def test_swd_curve_figures_and_samples(tiny_run, tmp_path, monkeypatch, capsys):
     assert negative.any() and (grid[2:34, 2:34][negative] > 0).all()
 
     shutil.copy(tiny_run / "config.json", tmp_path / "config.json")
-    paths = wwgan.FIGURES["samples"]([tmp_path / "grid.png", tiny_run], tmp_path / "samples")
+    paths = figures.FIGURES["samples"]([tmp_path / "grid.png", tiny_run], tmp_path / "samples")
     assert all(p.exists() and p.stat().st_size for p in paths)
 
 
@@ -332,14 +381,15 @@ def _exact_fid(features_a, features_b):
     ac, bc = a - a.mean(0), b - b.mean(0)
     n_a, n_b = len(a) - 1, len(b) - 1
     cross = np.linalg.svd(ac @ bc.T / math.sqrt(n_a * n_b), compute_uv=False).sum()
-    return (np.sum((a.mean(0) - b.mean(0)) ** 2) + np.sum(ac**2) / n_a + np.sum(bc**2) / n_b
-            - 2 * cross)
+    return (
+        np.sum((a.mean(0) - b.mean(0)) ** 2) + np.sum(ac**2) / n_a + np.sum(bc**2) / n_b - 2 * cross
+    )
 
 
 @pytest.mark.slow  # ~40 Inception passes at 299x299 on the CPU
-def test_fid_curve_equals_fid_of_pytorch_fid_features_of_png_files(tiny_run, fid_home,
-                                                                     tmp_path, monkeypatch,
-                                                                     capsys):
+def test_fid_curve_equals_fid_of_pytorch_fid_features_of_png_files(
+    tiny_run, fid_home, tmp_path, monkeypatch, capsys
+):
     """The full offline FID path (fid-stats, fid-curve) against pytorch-fid's own feature
     pipeline on PNG files (get_activations) and an exact FID of those features."""
     from pytorch_fid.fid_score import get_activations
@@ -348,23 +398,50 @@ def test_fid_curve_equals_fid_of_pytorch_fid_features_of_png_files(tiny_run, fid
     monkeypatch.setenv("TORCH_HOME", str(fid_home))
     n = 10
     stats = tmp_path / "shapes32.npz"
-    stats_args = ["fid-stats", "--dataset", "shapes", "--image-size", "32", "--num-images",
-                  str(n), "--out", str(stats), "--device", "cpu", "--batch-size", "5"]
-    wwgan.main(stats_args)
+    stats_args = [
+        "stats",
+        "--dataset",
+        "shapes",
+        "--image-size",
+        "32",
+        "--num-images",
+        str(n),
+        "--out",
+        str(stats),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "5",
+    ]
+    run_step("fid", *stats_args)
     with monkeypatch.context() as m:  # cached: no Inception is even loaded
-        m.setattr(wwgan, "load_fid_inception", lambda *a, **k: pytest.fail("recomputed"))
-        wwgan.main(stats_args)
+        m.setattr(fid, "load_fid_inception", lambda *a, **k: pytest.fail("recomputed"))
+        run_step("fid", *stats_args)
     assert "up to date" in capsys.readouterr().out
     with pytest.raises(wwgan.WWGANError, match="image_size=32 \\(expected 64\\)"):
-        wwgan.load_reference_statistics(stats, dict(dataset="shapes", image_size=64,
-                                                    data_root=""))
+        fid.load_reference_statistics(stats, dict(dataset="shapes", image_size=64, data_root=""))
 
     # iteration 2 is already scored (resume); fid-curve scores iteration 4 only
     out = tmp_path / "curve.csv"
     out.write_text("iteration,train_seconds,fid,swd\n2,0.5,123.5,7.25\n")
-    wwgan.main(["fid-curve", str(tiny_run), "--stats", str(stats), "--num-samples", str(n),
-                "--swd-images", str(n), "--out", str(out), "--device", "cpu", "--batch-size",
-                "5", "--no-progress"])
+    run_step(
+        "fid",
+        "curve",
+        str(tiny_run),
+        "--stats",
+        str(stats),
+        "--num-samples",
+        str(n),
+        "--swd-images",
+        str(n),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "5",
+        "--no-progress",
+    )
     rows = _read_csv(out)
     assert [(r["iteration"], r["fid"]) for r in rows][0] == ("2", "123.5")
     assert rows[1]["iteration"] == "4" and float(rows[1]["swd"]) > 0
@@ -372,7 +449,7 @@ def test_fid_curve_equals_fid_of_pytorch_fid_features_of_png_files(tiny_run, fid
     # pytorch-fid's features of PNG files of the same images
     real_dir, fake_dir = tmp_path / "real", tmp_path / "fake"
     real_dir.mkdir(), fake_dir.mkdir()
-    real = wwgan.real_image_subset("shapes", "data", 32, n)  # the images fid-stats scored
+    real = fid.real_image_subset("shapes", "data", 32, n)  # the images fid-stats scored
     assert real.shape == (n, 3, 32, 32) and len(torch.unique(real.flatten(1), dim=0)) == n
     snapshot = torch.load(tiny_run / "snapshots" / "generator_0000004.pt", weights_only=False)
     generator = wwgan.Generator(32, 3, 16, 128)
@@ -385,12 +462,21 @@ def test_fid_curve_equals_fid_of_pytorch_fid_features_of_png_files(tiny_run, fid
         Image.fromarray(real[i].permute(1, 2, 0).numpy()).save(real_dir / f"{i}.png")
         Image.fromarray(fake[i].astype(np.uint8)).save(fake_dir / f"{i}.png")
     model = InceptionV3([3]).eval()
-    features = {name: get_activations(sorted(folder.glob("*.png")), model, batch_size=5,
-                                      dims=2048, device="cpu", num_workers=0)
-                for name, folder in (("real", real_dir), ("fake", fake_dir))}
+    features = {
+        name: get_activations(
+            sorted(folder.glob("*.png")),
+            model,
+            batch_size=5,
+            dims=2048,
+            device="cpu",
+            num_workers=0,
+        )
+        for name, folder in (("real", real_dir), ("fake", fake_dir))
+    }
     ours = np.load(stats)
     np.testing.assert_allclose(ours["mu"], features["real"].mean(0), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(ours["sigma"], np.cov(features["real"], rowvar=False),
-                               rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(
+        ours["sigma"], np.cov(features["real"], rowvar=False), rtol=1e-3, atol=1e-5
+    )
     expected = _exact_fid(features["fake"], features["real"])
     assert float(rows[1]["fid"]) == pytest.approx(expected, rel=1e-3)

@@ -1,7 +1,10 @@
 """The Wasserstein-2 penalty against independent references: a dense matrix built
-literally from Supp. Definition 10 (D, Lambda(p), d_i), Prop. 4's entrywise formula, and
-the authors' convolution code form."""
+literally from Supp. Definition 10 (D, Lambda(p), d_i; tests/conftest.py), Prop. 4's
+entrywise formula and the authors' convolution code form; and the three implementations
+of the quadratic form (slicing, Algorithm 2's convolutions, a torch.sparse Laplacian,
+benchmarks/quadratic_forms.py) against the dense matrix and each other."""
 
+import functools
 import itertools
 
 import numpy as np
@@ -10,39 +13,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import quadratic_forms
 import wwgan
-
+from conftest import dense_laplacian, dense_quadratic_form, dense_tilde
 
 # -- an independent dense reference, built from the definitions -------------------------
 
 
 def grid_edges(height, width, neighborhood):
     """Edges (i, j, w) of the pixel grid, enumerated pixel by pixel (not by offset)."""
-    steps = {4: [(0, 1, 1.0), (1, 0, 1.0)],
-             8: [(0, 1, 1.0), (1, 0, 1.0), (1, 1, 0.5), (1, -1, 0.5)]}[neighborhood]
+    steps = {
+        4: [(0, 1, 1.0), (1, 0, 1.0)],
+        8: [(0, 1, 1.0), (1, 0, 1.0), (1, 1, 0.5), (1, -1, 0.5)],
+    }[neighborhood]
     edges = []
     for y, x in itertools.product(range(height), range(width)):
         for dy, dx, w in steps:
             if 0 <= y + dy < height and 0 <= x + dx < width:
                 edges.append((y * width + x, (y + dy) * width + x + dx, w))
     return edges
-
-
-def dense_laplacian_def10(p, height, width, neighborhood):
-    """L(p) = D^T Lambda(p) D for one channel (Supp. Definition 10), float64 numpy."""
-    n = height * width
-    edges = grid_edges(height, width, neighborhood)
-    weights = np.zeros((n, n))
-    for i, j, w in edges:
-        weights[i, j] = weights[j, i] = w
-    d = weights.sum(1) / weights.sum()  # normalized volume form d_i
-    D = np.zeros((len(edges), n))
-    lam = np.zeros(len(edges))
-    for e, (i, j, w) in enumerate(edges):
-        hi, lo = max(i, j), min(i, j)
-        D[e, hi], D[e, lo] = np.sqrt(w), -np.sqrt(w)
-        lam[e] = 0.5 * (p[i] / d[i] + p[j] / d[j])
-    return D.T @ np.diag(lam) @ D
 
 
 def dense_laplacian_prop4(p, height, width, neighborhood):
@@ -58,18 +47,6 @@ def dense_laplacian_prop4(p, height, width, neighborhood):
             L[i, k] = -0.5 * weights[i, k] * (p[i] / d[i] + p[k] / d[k])
         L[i, i] = -L[i].sum()
     return L
-
-
-def dense_tilde(density, neighborhood, alpha):
-    """Block-diagonal L~ over channels for one sample (C, H, W): one 1 1^T block each."""
-    channels, height, width = density.shape
-    n = height * width
-    blocks = [dense_laplacian_def10(density[c].reshape(-1), height, width, neighborhood)
-              + alpha * np.ones((n, n)) for c in range(channels)]
-    out = np.zeros((channels * n, channels * n))
-    for c, block in enumerate(blocks):
-        out[c * n:(c + 1) * n, c * n:(c + 1) * n] = block
-    return out
 
 
 # -- Definition 10 ------------------------------------------------------------------------
@@ -94,8 +71,12 @@ def test_quadratic_form_equals_dense_definition_10(shape, neighborhood, alpha):
 def test_definition_10_matches_proposition_4(neighborhood):
     # Two readings of the paper, compared: D^T Lambda D (Def. 10) and Prop. 4's entries.
     p = np.random.default_rng(0).random(5 * 6)
-    assert np.allclose(dense_laplacian_def10(p, 5, 6, neighborhood),
-                       dense_laplacian_prop4(p, 5, 6, neighborhood), rtol=1e-12, atol=1e-12)
+    assert np.allclose(
+        dense_laplacian(p.reshape(5, 6), neighborhood),
+        dense_laplacian_prop4(p, 5, 6, neighborhood),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 def test_normalized_degree_sums_to_one_and_is_about_one_over_n():
@@ -114,7 +95,9 @@ def test_positive_semidefinite_and_null_space_is_per_channel_constants():
     assert (np.abs(eig0) < 1e-9).sum() == 3  # one constant vector per channel
     # our function vanishes exactly on per-channel constants ...
     const = torch.tensor([1.5, -2.0, 0.3], dtype=torch.float64).view(1, 3, 1, 1).expand(1, 3, 4, 5)
-    assert wwgan.laplacian_quadratic_form(const, density[None], 0.0).item() == pytest.approx(0, abs=1e-20)
+    assert wwgan.laplacian_quadratic_form(const, density[None], 0.0).item() == pytest.approx(
+        0, abs=1e-20
+    )
     # ... and alpha 1 1^T per channel lifts exactly those directions (Remark 3)
     eig1 = np.linalg.eigvalsh(dense_tilde(density.numpy(), 4, alpha=1.0))
     assert eig1.min() > 1e-6
@@ -141,7 +124,8 @@ def test_quadratic_form_differentiates_a_density_that_requires_grad():
     grad = torch.randn(2, 2, 3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
     density = torch.rand(2, 2, 3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda g, p: wwgan.laplacian_quadratic_form(g, p, 1.0, 8), (grad, density))
+        lambda g, p: wwgan.laplacian_quadratic_form(g, p, 1.0, 8), (grad, density)
+    )
 
 
 def test_quadratic_form_is_twice_differentiable():
@@ -149,7 +133,8 @@ def test_quadratic_form_is_twice_differentiable():
     density = torch.rand(1, 1, 3, 4, dtype=torch.float64)
     hessian = torch.autograd.functional.hessian(
         lambda g: wwgan.laplacian_quadratic_form(g, density, 1.0).sum(),
-        torch.randn(1, 1, 3, 4, dtype=torch.float64)).reshape(12, 12)
+        torch.randn(1, 1, 3, 4, dtype=torch.float64),
+    ).reshape(12, 12)
     assert np.allclose(hessian.numpy(), 2 * dense_tilde(density[0].numpy(), 4, 1.0), atol=1e-10)
 
 
@@ -162,7 +147,8 @@ def test_moving_mass_further_costs_more_under_w2_but_not_under_l2():
     density = torch.full((1, 1, height, width), 0.5, dtype=torch.float64)
     L = 0.5 * torch.autograd.functional.hessian(
         lambda g: wwgan.laplacian_quadratic_form(g, density, 1.0).sum(),
-        torch.zeros(1, 1, height, width, dtype=torch.float64)).reshape(12, 12)
+        torch.zeros(1, 1, height, width, dtype=torch.float64),
+    ).reshape(12, 12)
     costs, l2 = [], []
     for k in range(1, 10):
         sigma = torch.zeros(12, dtype=torch.float64)
@@ -181,8 +167,14 @@ def authors_reference(grad, images):
     """dukleryoni/WWGAN calc_wgp's w_grad_sq, re-expressed with depthwise convolutions as
     in its buildL_diamond: images in [-1, 1], the factor 1 + (X_i + X_j) / 2."""
     channels = grad.shape[1]
-    kernels = [[[1, -1]], [[1], [-1]], [[1, 0, -1]], [[1], [0], [-1]], [[1, 0], [0, -1]],
-               [[0, 1], [-1, 0]]]
+    kernels = [
+        [[1, -1]],
+        [[1], [-1]],
+        [[1, 0, -1]],
+        [[1], [0], [-1]],
+        [[1, 0], [0, -1]],
+        [[0, 1], [-1, 0]],
+    ]
     total = 0
     for k in kernels:
         diff_k = torch.tensor(k, dtype=grad.dtype).expand(channels, 1, *np.shape(k))
@@ -251,16 +243,27 @@ def test_wwgan_penalty_with_density_at_fake_matches_dense_matrix():
     w = torch.randn(1, 2, 3, 5, dtype=torch.float64, generator=gen) * 0.05
     real = torch.rand(4, 2, 3, 5, dtype=torch.float64, generator=gen) * 2 - 1
     fake = torch.rand(4, 2, 3, 5, dtype=torch.float64, generator=gen) * 2 - 1
-    penalty, norms = wwgan.gradient_penalty(LinearCritic(w), real, fake, "wwgan", lam=10.0,
-                                            target=0.5, density_at="fake", neighborhood=8)
+    penalty, norms = wwgan.gradient_penalty(
+        LinearCritic(w),
+        real,
+        fake,
+        "wwgan",
+        lam=10.0,
+        target=0.5,
+        density_at="fake",
+        neighborhood=8,
+    )
     v = w.reshape(-1).numpy()
-    want_norms = [np.sqrt(v @ dense_tilde(((fake[b] + 1) / 2).numpy(), 8, 1.0) @ v)
-                  for b in range(4)]
+    want_norms = [
+        np.sqrt(v @ dense_tilde(((fake[b] + 1) / 2).numpy(), 8, 1.0) @ v) for b in range(4)
+    ]
     assert np.allclose(norms.numpy(), want_norms, rtol=1e-10)
-    assert penalty.item() == pytest.approx(10 * np.mean((np.array(want_norms) - 0.5) ** 2),
-                                           rel=1e-10)
-    one_sided, _ = wwgan.gradient_penalty(LinearCritic(w), real, fake, "wwgan", target=100.0,
-                                          one_sided=True, density_at="fake")
+    assert penalty.item() == pytest.approx(
+        10 * np.mean((np.array(want_norms) - 0.5) ** 2), rel=1e-10
+    )
+    one_sided, _ = wwgan.gradient_penalty(
+        LinearCritic(w), real, fake, "wwgan", target=100.0, one_sided=True, density_at="fake"
+    )
     assert one_sided.item() == 0.0
 
 
@@ -294,9 +297,93 @@ def test_penalty_interpolates_on_the_segment_between_real_and_fake():
     wwgan.gradient_penalty(Recorder(), real, fake, "wgan-gp")
     eps = 1 - seen[0][:, 0, 0, 0]  # x_hat = eps * real + (1 - eps) * fake
     assert (seen[0] == seen[0][:, :, :1, :1]).all()  # one eps per sample
-    assert 0 <= eps.min() and eps.max() <= 1 and abs(eps.mean() - 0.5) < 0.06
+    assert eps.min() >= 0 and eps.max() <= 1 and abs(eps.mean() - 0.5) < 0.06
 
 
 def test_unknown_loss_is_rejected():
     with pytest.raises(ValueError, match="unknown loss"):
         wwgan.gradient_norm(torch.zeros(1, 1, 2, 2), "l1")
+
+
+# -- the three implementations ---------------------------------------------------------
+
+IMPLEMENTATIONS = {
+    "slicing": wwgan.laplacian_quadratic_form,
+    "conv": quadratic_forms.laplacian_quadratic_form_conv,
+    "sparse": quadratic_forms.laplacian_quadratic_form_sparse,
+}
+
+
+@pytest.mark.parametrize("name", list(IMPLEMENTATIONS))
+@pytest.mark.parametrize(
+    "neighborhood,alpha,shape",
+    [
+        (4, 1.0, (2, 3, 5, 7)),
+        (8, 1.0, (2, 2, 6, 4)),
+        (4, 0.0, (1, 1, 3, 3)),
+        (8, 2.5, (2, 1, 2, 5)),
+        (4, 1.0, (1, 1, 1, 2)),
+    ],
+)
+def test_quadratic_forms_match_dense_definition_10(name, neighborhood, alpha, shape):
+    generator = torch.Generator().manual_seed(7)
+    grad = torch.randn(shape, generator=generator, dtype=torch.float64, requires_grad=True)
+    density = torch.rand(shape, generator=generator, dtype=torch.float64)
+    value = IMPLEMENTATIONS[name](grad, density, alpha, neighborhood)
+    (gradient,) = torch.autograd.grad(value.sum(), grad)
+    expected_value, expected_gradient = dense_quadratic_form(
+        grad.detach().numpy(), density.numpy(), neighborhood, alpha
+    )
+    np.testing.assert_allclose(value.detach().numpy(), expected_value, rtol=1e-10)
+    np.testing.assert_allclose(gradient.numpy(), expected_gradient, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("neighborhood", [4, 8])
+@pytest.mark.parametrize("size", [32, 64])
+def test_float32_implementations_agree_at_image_sizes(neighborhood, size):
+    generator = torch.Generator().manual_seed(size)
+    grad = torch.randn(4, 3, size, size, generator=generator)
+    density = torch.rand(4, 3, size, size, generator=generator)
+    exact = wwgan.laplacian_quadratic_form(grad.double(), density.double(), 1.0, neighborhood)
+    for name, fn in IMPLEMENTATIONS.items():
+        value = fn(grad, density, 1.0, neighborhood)
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(
+            value.double(), exact, rtol=1e-5, atol=0, msg=lambda m, name=name: f"{name}: {m}"
+        )
+
+
+def test_implementations_give_the_same_critic_update_through_double_backward():
+    """In training the quadratic form takes the critic's input gradient (create_graph=True)
+    and is backpropagated into the critic's weights: d/dtheta must agree. This includes
+    the torch.compile'd form that `train --compile` uses (first-order differentiable only:
+    the second-order part runs through g's eager graph)."""
+    torch.manual_seed(0)
+    critic = wwgan.Critic(16, 3, 16).double()
+    x = torch.rand(3, 3, 16, 16, dtype=torch.float64) * 2 - 1
+    density = wwgan.images_to_density(x)
+    updates = {}
+    compiled = {"compiled": functools.partial(wwgan.laplacian_quadratic_form, compiled=True)}
+    for name, fn in {**IMPLEMENTATIONS, **compiled}.items():
+        grad = wwgan.critic_input_gradient(critic, x)
+        penalty = (wwgan.safe_sqrt(fn(grad, density, 1.0, 8)) - 1).square().mean()
+        # The last bias does not change the input gradient: its update is None (unused).
+        updates[name] = torch.autograd.grad(penalty, list(critic.parameters()), allow_unused=True)
+    for name in ("conv", "sparse", "compiled"):
+        for got, want in zip(updates[name], updates["slicing"]):
+            assert (got is None) == (want is None)
+            if want is not None:
+                torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    # Every weight moves (biases only shift LeakyReLU kinks: zero second derivative).
+    weights = [
+        g
+        for (name, _), g in zip(critic.named_parameters(), updates["slicing"])
+        if name.endswith("weight")
+    ]
+    assert len(weights) == 3 and all(bool(g.abs().max() > 0) for g in weights)
+
+
+@pytest.mark.parametrize("name", ["conv", "sparse"])
+def test_shape_mismatch_is_a_clear_error(name):
+    with pytest.raises(ValueError, match="must both be"):
+        IMPLEMENTATIONS[name](torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5))

@@ -15,12 +15,35 @@ import pytest
 import torch
 
 import wwgan
+from conftest import tiny_config
 
 ROOT = Path(wwgan.__file__).resolve().parent
-TRAIN_ARGS = ["train", "--dataset", "shapes", "--image-size", "16", "--width", "16",
-              "--batch-size", "8", "--n-critic", "2", "--max-images", "64", "--iterations",
-              "80", "--checkpoint-every", "3", "--log-every", "1", "--sample-every", "50",
-              "--no-progress", "--loss", "wwgan"]
+TRAIN_ARGS = [
+    "train",
+    "--dataset",
+    "shapes",
+    "--image-size",
+    "16",
+    "--width",
+    "16",
+    "--batch-size",
+    "8",
+    "--n-critic",
+    "2",
+    "--max-images",
+    "64",
+    "--iterations",
+    "80",
+    "--checkpoint-every",
+    "3",
+    "--log-every",
+    "1",
+    "--sample-every",
+    "50",
+    "--no-progress",
+    "--loss",
+    "wwgan",
+]
 
 # Runs the CLI; with KILL_DURING_SAVE=k it SIGKILLs itself in the middle of writing the
 # k-th checkpoint (after part of the bytes reached the temporary file).
@@ -45,15 +68,22 @@ wwgan.main(sys.argv[1:])
 def final_weights(out):
     checkpoint = wwgan.load_checkpoint(Path(out) / "checkpoint.pt")
     assert checkpoint["iteration"] == 80
-    return {**{"g." + k: v for k, v in checkpoint["generator"].items()},
-            **{"d." + k: v for k, v in checkpoint["critic"].items()},
-            **{"opt." + k: v for k, v in checkpoint["critic_opt"]["state"][0].items()}}
+    return {
+        **{"g." + k: v for k, v in checkpoint["generator"].items()},
+        **{"d." + k: v for k, v in checkpoint["critic"].items()},
+        **{"opt." + k: v for k, v in checkpoint["critic_opt"]["state"][0].items()},
+    }
 
 
 def start(harness, out, kill_during_save=0):
     env = {**os.environ, "KILL_DURING_SAVE": str(kill_during_save), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(harness), *TRAIN_ARGS, "--out", str(out)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(harness), *TRAIN_ARGS, "--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_training(out, proc, timeout=120):
@@ -98,16 +128,11 @@ def test_kill_9_at_ten_moments_resumes_bit_identically(tmp_path):
     for key in want:
         assert torch.equal(want[key], got[key]), key
     assert not list(out.glob(".*tmp*")), "stale temporary checkpoint files were not removed"
-    iterations = [int(line.split('"iteration": ')[1].split(",")[0])
-                  for line in (out / "metrics.jsonl").read_text().splitlines()]
+    iterations = [
+        int(line.split('"iteration": ')[1].split(",")[0])
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+    ]
     assert iterations == sorted(set(iterations)) and iterations[-1] == 80
-
-
-def tiny(out, **overrides):
-    values = dict(out=str(out), image_size=16, width=16, batch_size=8, n_critic=1,
-                  iterations=6, checkpoint_every=2, max_images=32)
-    values.update(overrides)
-    return wwgan.TrainConfig(**values)
 
 
 def test_full_disk_during_checkpoint_keeps_last_good_one(tmp_path, monkeypatch):
@@ -122,16 +147,22 @@ def test_full_disk_during_checkpoint_keeps_last_good_one(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", full_disk_save)
     with pytest.raises(wwgan.WWGANError, match="could not write .*checkpoint.pt: No space left"):
-        wwgan.train(tiny(tmp_path), progress=False)
+        wwgan.train(tiny_config(tmp_path, n_critic=1, checkpoint_every=2), progress=False)
     assert wwgan.load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 4
     assert wwgan.load_checkpoint(tmp_path / "checkpoint.prev.pt")["iteration"] == 2
     assert not list(tmp_path.glob(".*tmp*"))
     monkeypatch.setattr(torch, "save", real_save)
-    assert wwgan.train(tiny(tmp_path), progress=False).iteration == 6  # resumes afterwards
+    assert (
+        wwgan.train(tiny_config(tmp_path, n_critic=1, checkpoint_every=2), progress=False).iteration
+        == 6
+    )  # resumes afterwards
 
 
 def test_killed_between_the_two_renames_resumes_from_previous(tmp_path, capsys):
-    wwgan.train(tiny(tmp_path, iterations=4), progress=False)
+    wwgan.train(tiny_config(tmp_path, n_critic=1, checkpoint_every=2, iterations=4), progress=False)
     os.replace(tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt")
-    assert wwgan.train(tiny(tmp_path), progress=False).iteration == 6
+    assert (
+        wwgan.train(tiny_config(tmp_path, n_critic=1, checkpoint_every=2), progress=False).iteration
+        == 6
+    )
     assert "resuming from" in capsys.readouterr().err

@@ -1,10 +1,9 @@
-"""The Snakemake workflow (Snakefile, config/, envs/) and the `wwgan table` command.
+"""The Snakemake workflow (Snakefile, config/, envs/).
 
 The workflow runs in a temporary --directory, so the checkout stays clean."""
 
-import csv
-import os
 import json
+import os
 import re
 import signal
 import subprocess
@@ -14,8 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
-from scipy import stats
 
 import wwgan
 
@@ -23,10 +20,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-           "--directory", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def job_counts(output: str) -> dict:
@@ -100,8 +110,15 @@ def test_dry_run_of_both_presets_builds_the_whole_graph_offline(tmp_path):
     assert counts["download"] == 2 and counts["fid_stats"] == 2 and counts["fid_weights"] == 1
     # fid-curves and samples for each dataset, shift, noise, neighbours, motivating example
     assert counts["figure"] == 8 and counts["table"] == 1 and counts["bench"] == 1
-    for figure in ("fid-curves-cifar10", "fid-curves-celeba", "samples-celeba", "shift",
-                   "noise", "neighbours", "motivating-example"):
+    for figure in (
+        "fid-curves-cifar10",
+        "fid-curves-celeba",
+        "samples-celeba",
+        "shift",
+        "noise",
+        "neighbours",
+        "motivating-example",
+    ):
         assert f"figures/{figure}.pdf" in paper.stdout
     assert "--optimizer robustness" in paper.stdout and "--iterations 100000" in paper.stdout
 
@@ -122,8 +139,14 @@ def test_invalid_config_is_rejected_before_anything_runs(tmp_path):
 
 
 def test_rerun_recomputes_nothing_and_a_changed_setting_reruns_only_its_runs(tmp_path):
-    tiny = ["--config", "preset=smoke", "seeds=[0]", "losses=[wwgan]",
-            "train={iterations: 2, snapshot_every: 1}", "critic_runs={iterations: 2}"]
+    tiny = [
+        "--config",
+        "preset=smoke",
+        "seeds=[0]",
+        "losses=[wwgan]",
+        "train={iterations: 2, snapshot_every: 1}",
+        "critic_runs={iterations: 2}",
+    ]
     done = snakemake(tmp_path, "--cores", "2", "--until", "train", *tiny)
     assert done.returncode == 0, done.stdout + done.stderr
     markers = sorted(tmp_path.glob("results/smoke/runs/*/shapes/wwgan/*/seed0/train.done"))
@@ -135,17 +158,35 @@ def test_rerun_recomputes_nothing_and_a_changed_setting_reruns_only_its_runs(tmp
 
     # the critic runs' optimizer is part of their identity only: they alone retrain, into
     # a new directory; the FID run is untouched
-    changed = snakemake(tmp_path, "-n", "--cores", "2", "--until", "train", *tiny[:-1],
-                        "critic_runs={iterations: 2, optimizer: fid}")
+    changed = snakemake(
+        tmp_path,
+        "-n",
+        "--cores",
+        "2",
+        "--until",
+        "train",
+        *tiny[:-1],
+        "critic_runs={iterations: 2, optimizer: fid}",
+    )
     assert job_counts(changed.stdout)["train"] == 1
     (planned,) = re.findall(r"output: (\S+/train\.done)", changed.stdout)
     assert "/critic/" in planned and not (tmp_path / planned).exists()
 
     # more iterations: the same run directories, resumed and extended (params trigger)
-    longer = snakemake(tmp_path, "-n", "--cores", "2", "--until", "train", *tiny[:-2],
-                       "train={iterations: 4, snapshot_every: 1}", "critic_runs={iterations: 2}")
+    longer = snakemake(
+        tmp_path,
+        "-n",
+        "--cores",
+        "2",
+        "--until",
+        "train",
+        *tiny[:-2],
+        "train={iterations: 4, snapshot_every: 1}",
+        "critic_runs={iterations: 2}",
+    )
     assert re.findall(r"output: (\S+/train\.done)", longer.stdout) == [
-        str(markers[1].relative_to(tmp_path))]
+        str(markers[1].relative_to(tmp_path))
+    ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -154,19 +195,38 @@ def test_rerun_recomputes_nothing_and_a_changed_setting_reruns_only_its_runs(tmp
 
 # Two short runs (a critic run and a FID run, seed 0, WWGAN) with a checkpoint and a
 # metrics row every 2 iterations, so that an interruption lands mid-training.
-TWO_RUNS = ["--config", "preset=smoke", "seeds=[0]", "losses=[wwgan]",
-            "train={iterations: 24, snapshot_every: 12, "
-            "extra_args: '--max-images 64 --checkpoint-every 2 --log-every 2'}",
-            "critic_runs={iterations: 24}"]
+TWO_RUNS = [
+    "--config",
+    "preset=smoke",
+    "seeds=[0]",
+    "losses=[wwgan]",
+    "train={iterations: 24, snapshot_every: 12, "
+    "extra_args: '--max-images 64 --checkpoint-every 2 --log-every 2'}",
+    "critic_runs={iterations: 24}",
+]
 
 
 def start_snakemake(workdir: Path, *args: str) -> subprocess.Popen:
     """Snakemake in its own process group, as a shell runs a foreground job: a terminal's
     Ctrl-C sends SIGINT to the whole group, the jobs included."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-           "--directory", str(workdir), *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
 
 
 def interrupt_when(proc: subprocess.Popen, condition, sig: int, timeout: float = 300) -> str:
@@ -186,13 +246,17 @@ def interrupt_when(proc: subprocess.Popen, condition, sig: int, timeout: float =
 
 def files_with_times(folder: Path) -> dict:
     """{relative path: (mtime_ns, bytes)} of every file under folder."""
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def metrics_iterations(run: Path) -> list:
-    return [json.loads(line)["iteration"]
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def logged_beyond(run: Path, iteration: int) -> bool:
@@ -273,7 +337,8 @@ def test_a_failed_job_leaves_nothing_a_later_rule_would_take_for_done(tmp_path):
     assert "Error in rule train" in failed.stdout + failed.stderr
     runs = tmp_path / "results" / "smoke" / "runs"
     assert [p.relative_to(runs).parts[:3] for p in runs.glob("**/train.done")] == [
-        ("fid", "shapes", "wwgan")]
+        ("fid", "shapes", "wwgan")
+    ]
     assert not (runs / "critic").exists()  # data is checked before the run folder is made
     (log,) = tmp_path.glob("logs/smoke/runs/critic/folder/wwgan/*/seed0/train.log")
     assert "wwgan: error: image folder data does not exist" in log.read_text()
@@ -309,8 +374,14 @@ def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
     logs = "\n".join(f"== {p}\n{p.read_text()[-1500:]}" for p in tmp_path.glob("logs/**/*.log"))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + logs[-8000:]
     figures = tmp_path / "results" / "smoke" / "figures"
-    for name in ("fid-curves-shapes", "samples-shapes", "shift", "noise", "neighbours",
-                 "motivating-example"):
+    for name in (
+        "fid-curves-shapes",
+        "samples-shapes",
+        "shift",
+        "noise",
+        "neighbours",
+        "motivating-example",
+    ):
         for ext in ("png", "pdf"):
             assert (figures / f"{name}.{ext}").stat().st_size > 0, name
     table = (tmp_path / "results" / "smoke" / "table.md").read_text()
@@ -320,103 +391,16 @@ def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
     again = snakemake(tmp_path, "-n", "--cores", "2", "--config", "preset=smoke")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     # a changed WWGAN setting reruns the WWGAN runs and what reads them, nothing else
-    changed = snakemake(tmp_path, "-n", "--cores", "2", "--config", "preset=smoke",
-                        'loss_args={wwgan: "--lipschitz-target 2.0"}')
+    changed = snakemake(
+        tmp_path,
+        "-n",
+        "--cores",
+        "2",
+        "--config",
+        "preset=smoke",
+        'loss_args={wwgan: "--lipschitz-target 2.0"}',
+    )
     counts = job_counts(changed.stdout)
     assert counts["train"] == 4 and counts["fid_curve"] == 4 and counts["samples"] == 1
     assert "neighbours" not in counts and "motivating_example" not in counts
     assert not re.search(r"output: \S+/wgan-gp/", changed.stdout)
-
-
-# ---------------------------------------------------------------------------------------
-# `wwgan table`
-# ---------------------------------------------------------------------------------------
-
-
-def _write_run(root: Path, loss: str, seed: int, optimizer: str, fid: float, swd: float,
-               seconds: float, iterations: int = 1000) -> Path:
-    run = root / optimizer / loss / f"seed{seed}"
-    run.mkdir(parents=True)
-    preset = wwgan.OPTIMIZER_PRESETS[optimizer]
-    config = dict(loss=loss, seed=seed, dataset="cifar10", batch_size=64, n_critic=5,
-                  max_images=0, **preset)
-    (run / "config.json").write_text(json.dumps(config))
-    (run / "fid_curve.csv").write_text(
-        "iteration,train_seconds,fid,swd\n"
-        f"{iterations // 2},{seconds / 2},{fid + 50},{swd + 1}\n"
-        f"{iterations},{seconds},{fid},{swd}\n")
-    return run / "fid_curve.csv"
-
-
-def _t_interval_half_width(values):
-    low, high = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / len(values),
-                                 scale=stats.sem(values))
-    return (high - low) / 2
-
-
-def test_mean_ci95_is_the_student_t_interval():
-    values = [31.2, 35.9, 33.0, 40.1]
-    mean, half = wwgan.mean_ci95(values)
-    assert mean == pytest.approx(35.05)
-    assert half == pytest.approx(_t_interval_half_width(values), rel=1e-12)
-    assert wwgan.mean_ci95([7.0]) == (7.0, None)
-
-
-def test_table_aggregates_seeds_and_shows_the_paper_values(tmp_path):
-    fids = {"wgan-gp": [41.0, 44.5, 39.0], "wwgan": [42.0, 40.0, 47.5]}
-    seconds = {"wgan-gp": 20.0, "wwgan": 18.0}
-    inputs = []
-    for loss, values in fids.items():
-        for seed, fid in enumerate(values):
-            inputs.append(_write_run(tmp_path, loss, seed, "fid", fid, 0.1 * seed, seconds[loss]))
-        inputs.append(_write_run(tmp_path, loss, 0, "robustness", 39.0, 0.2, seconds[loss]))
-    shift = tmp_path / "shift.json"
-    shift.write_text(json.dumps({"runs": [dict(loss=loss, seed=s, roughness=c)
-                                          for loss, cs in (("wgan-gp", [0.5, 0.7]),
-                                                           ("wwgan", [0.9, 0.95]))
-                                          for s, c in enumerate(cs)]}))
-    noise = tmp_path / "noise.json"
-    noise.write_text(json.dumps({"runs": [dict(loss="wwgan", seed=0, separation=0.3),
-                                          dict(loss="wgan-gp", seed=0)]}))  # one lacks it
-    neighbours = tmp_path / "neighbours.json"
-    neighbours.write_text(json.dumps({"l2": {"class_share_per_query": [0.25]},
-                                      "w2": {"class_share_per_query": [0.3, 0.5]}}))
-    out = tmp_path / "results" / "table.md"
-    args = [f"--input={p}" for p in [*inputs, shift, noise, neighbours]]
-    result = CliRunner().invoke(wwgan.cli, ["table", *args, "--out", str(out),
-                                            "--command", "snakemake --cores all"])
-    assert result.exit_code == 0, result.output
-
-    rows = {(r["metric"], r["setting"], r["loss"]): r
-            for r in csv.DictReader(open(out.with_suffix(".csv")))}
-    fid_setting = "cifar10, fid Adam preset"
-    for loss, values in fids.items():
-        row = rows[("FID", fid_setting, loss)]
-        assert float(row["mean"]) == pytest.approx(sum(values) / 3)
-        assert float(row["ci95"]) == pytest.approx(_t_interval_half_width(values))
-        assert row["n"] == "3"
-        # an epoch of CIFAR-10 is 50000 / (64 * 5) generator iterations
-        epoch = rows[("seconds per epoch", fid_setting, loss)]
-        assert float(epoch["mean"]) == pytest.approx(seconds[loss] / 1000 * 50_000 / 320)
-    ratio = rows[("epoch time WWGAN / WGAN-GP", fid_setting, "wwgan")]
-    assert float(ratio["mean"]) == pytest.approx(18.0 / 20.0)
-    assert "0.921" in ratio["paper"]
-    robust = rows[("FID", "cifar10, robustness Adam preset", "wwgan")]
-    assert robust["n"] == "1" and robust["ci95"] == "" and "40" in robust["paper"]
-    assert float(rows[("shift roughness", "critic runs", "wwgan")]["mean"]) == pytest.approx(0.925)
-    assert ("noise separation", "critic runs", "wgan-gp") not in rows
-    assert float(rows[("neighbour class share", "W2", "")]["mean"]) == pytest.approx(0.4)
-
-    table = out.read_text()
-    assert "snakemake --cores all" in table and "torch" in table
-    assert "| FID | cifar10, robustness Adam preset | 39 (n=1) | 39 (n=1) |" in table
-    assert "218.1" in table and "236.9" in table
-
-
-def test_table_rejects_an_unknown_file_in_one_line(tmp_path):
-    stray = tmp_path / "metrics.jsonl"
-    stray.write_text("{}\n")
-    result = CliRunner().invoke(wwgan.cli, ["table", "--input", str(stray),
-                                            "--out", str(tmp_path / "t.md")])
-    assert result.exit_code != 0
-    assert "not a result file the table knows" in str(result.exception)
