@@ -27,6 +27,9 @@ min_version("8.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+report: "report/workflow.rst"
+
+
 # ---------------------------------------------------------------------------------------
 # settings: the chosen preset's file, with top-level --config/--configfile values merged in
 # ---------------------------------------------------------------------------------------
@@ -118,10 +121,14 @@ TRAIN = (
 
 
 # ---------------------------------------------------------------------------------------
-# runs: results/<preset>/runs/<group>/<dataset>/<loss>/<hash>/seed<k>/
+# runs: results/<preset>/runs/<group>/<dataset>/<variant>/<hash>/seed<k>/
 # ---------------------------------------------------------------------------------------
-# group "fid": the FID runs of Fig. 6 (Appendix C's "fid" Adam preset, snapshots);
-# group "critic": the critics of the shift and noise experiments (Sec. 4.1-4.2).
+# A variant is a loss with its flags (config `variants`): WGAN-GP, the strength-matched
+# WGAN-GP control, WWGAN in each density scale. Group "fid": the FID runs of Fig. 6;
+# group "critic": the critics of the shift and noise experiments (Sec. 4.1-4.2), or the
+# FID runs themselves when `critic_runs.separate` is false.
+VARIANTS = S["variants"]
+CRITIC_GROUP = "critic" if S["critic_runs"]["separate"] else "fid"
 
 
 def image_size_flag(dataset):
@@ -129,36 +136,39 @@ def image_size_flag(dataset):
     return f"--image-size {size}" if size else ""
 
 
-def run_identity(group, dataset, loss):
+def run_identity(group, dataset, variant):
     """The `wwgan train` flags that define a run's model and objective. Their hash names
     the run directory, so a changed setting trains a new run instead of failing to resume
     the old one. Length (iterations) and snapshot interval are left out: raising the
     length resumes and extends a run."""
     optimizer = S["train"]["optimizer"] if group == "fid" else S["critic_runs"]["optimizer"]
+    spec = VARIANTS[variant]
     flags = (
-        f"--dataset {dataset} {image_size_flag(dataset)} --loss {loss} "
+        f"--dataset {dataset} {image_size_flag(dataset)} --loss {spec['loss']} "
         f"--width {S['train']['width']} --batch-size {S['train']['batch_size']} "
-        f"--optimizer {optimizer} {S['loss_args'].get(loss, '')} {S['train']['extra_args']}"
+        f"--optimizer {optimizer} --holdout {S['holdout']} {spec['args']} "
+        f"{S['train']['extra_args']}"
     )
     return " ".join(flags.split())
 
 
-def run_tag(group, dataset, loss):
-    return hashlib.sha1(run_identity(group, dataset, loss).encode()).hexdigest()[:8]
+def run_tag(group, dataset, variant):
+    return hashlib.sha1(run_identity(group, dataset, variant).encode()).hexdigest()[:8]
 
 
-def run_dir(group, dataset, loss, seed):
-    return f"{RESULTS}/runs/{group}/{dataset}/{loss}/{run_tag(group, dataset, loss)}/seed{seed}"
+def run_dir(group, dataset, variant, seed):
+    tag = run_tag(group, dataset, variant)
+    return f"{RESULTS}/runs/{group}/{dataset}/{variant}/{tag}/seed{seed}"
 
 
 def run_dirs(group, dataset):
-    return [run_dir(group, dataset, loss, seed) for loss in S["losses"] for seed in S["seeds"]]
+    return [run_dir(group, dataset, v, seed) for v in VARIANTS for seed in S["seeds"]]
 
 
 CRITIC_DATASET = S["critic_runs"]["dataset"]
 FID_RUNS = [run for dataset in S["datasets"] for run in run_dirs("fid", dataset)]
-CRITIC_RUNS = run_dirs("critic", CRITIC_DATASET)
-RUN = "runs/{group}/{dataset}/{loss}/{tag}/seed{seed}"
+CRITIC_RUNS = run_dirs(CRITIC_GROUP, CRITIC_DATASET)
+RUN = "runs/{group}/{dataset}/{variant}/{tag}/seed{seed}"
 
 
 def data_inputs(dataset):
@@ -179,19 +189,29 @@ def fid_stats(dataset):
 
 
 def train_flags(wildcards):
-    if wildcards.tag != run_tag(wildcards.group, wildcards.dataset, wildcards.loss):
+    if wildcards.tag != run_tag(wildcards.group, wildcards.dataset, wildcards.variant):
         raise WorkflowError(
             f"run directory tag {wildcards.tag} does not match the current config of "
-            f"{wildcards.group}/{wildcards.dataset}/{wildcards.loss}"
+            f"{wildcards.group}/{wildcards.dataset}/{wildcards.variant}"
         )
-    if wildcards.group == "fid":
-        iterations, snapshot_every = S["train"]["iterations"], S["train"]["snapshot_every"]
-    else:  # the critics need one generator snapshot, at the end, for their FID
-        iterations = snapshot_every = S["critic_runs"]["iterations"]
+    group = S["train"] if wildcards.group == "fid" else S["critic_runs"]
+    label = shlex.quote(VARIANTS[wildcards.variant]["label"])
     return (
-        f"{run_identity(wildcards.group, wildcards.dataset, wildcards.loss)} "
-        f"--iterations {iterations} --snapshot-every {snapshot_every} --seed {wildcards.seed} "
-        f"--data-root {shlex.quote(DATA_ROOT)} --device {S['device']}"
+        f"{run_identity(wildcards.group, wildcards.dataset, wildcards.variant)} "
+        f"--iterations {group['iterations']} --snapshot-every {group['snapshot_every']} "
+        f"--seed {wildcards.seed} --label {label} --data-root {shlex.quote(DATA_ROOT)} "
+        f"--device {S['device']}"
+    )
+
+
+def probe_flags(wildcards, input):
+    """The critic runs, the snapshot matching (Figs. 4-5: critics at matched generator
+    FID) and the images of the shift and noise experiments."""
+    runs = " ".join(f"--run {shlex.quote(run)}" for run in CRITIC_RUNS)
+    match = S["critic_runs"]["match"]
+    return (
+        f"{runs} --match {match['metric']} --target {match['target']} "
+        f"--dataset {CRITIC_DATASET} --data-root {data_root(input)}"
     )
 
 
@@ -205,7 +225,7 @@ def figure_specs():
         )
         specs[f"samples-{dataset}"] = (  # Supp. Figs. 1-2
             "samples",
-            [f"{run_dir('fid', dataset, loss, S['seeds'][0])}/samples.png" for loss in S["losses"]],
+            [f"{run_dir('fid', dataset, v, S['seeds'][0])}/samples.png" for v in VARIANTS],
         )
     specs["shift"] = ("shift", [f"{RESULTS}/shift.json"])  # Fig. 4
     specs["noise"] = ("noise", [f"{RESULTS}/noise.json"])  # Fig. 5
@@ -215,7 +235,7 @@ def figure_specs():
 
 
 FIGURE_SPECS = figure_specs()
-TABLE_INPUTS = [f"{run}/fid_curve.csv" for run in FID_RUNS + CRITIC_RUNS] + [
+TABLE_INPUTS = [f"{run}/fid_curve.csv" for run in dict.fromkeys(FID_RUNS + CRITIC_RUNS)] + [
     f"{RESULTS}/{name}.json" for name in ("shift", "noise", "neighbours")
 ]
 
@@ -227,7 +247,7 @@ def inputs_flags(files):
 wildcard_constraints:
     group="fid|critic",
     dataset="shapes|cifar10|celeba|folder",
-    loss="wgan-gp|lp|wwgan|wwgan-authors",
+    variant="|".join(VARIANTS),
     tag="[0-9a-f]{8}",
     seed=r"\d+",
     name="|".join(FIGURE_SPECS),
@@ -291,10 +311,11 @@ rule fid_stats:
         root=lambda w, input: data_root(input),
         size=lambda w: image_size_flag(w.dataset),
         num_images=S["fid_stats_images"],
+        holdout=S["holdout"],
     shell:
         'OMP_NUM_THREADS={threads} python "$SCRIPTS/fid.py" stats --dataset {wildcards.dataset} '
         "--data-root {params.root} {params.size} --num-images {params.num_images} "
-        "--out {output} > {log} 2>&1"
+        "--holdout {params.holdout} --out {output} > {log} 2>&1"
 
 
 rule train:
@@ -306,6 +327,8 @@ rule train:
         touch(f"{RESULTS}/{RUN}/train.done"),
     log:
         f"{LOGS}/{RUN}/train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{RUN}/train.tsv"
     conda:
         ENV
     threads: S["threads"]["train"]
@@ -328,6 +351,8 @@ rule fid_curve:
         f"{RESULTS}/{RUN}/fid_curve.csv",
     log:
         f"{LOGS}/{RUN}/fid_curve.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{RUN}/fid_curve.tsv"
     conda:
         ENV
     threads: S["threads"]["eval"]
@@ -361,44 +386,44 @@ rule samples:
 
 rule shift:
     input:
-        [f"{run}/train.done" for run in CRITIC_RUNS],
+        [f"{run}/fid_curve.csv" for run in CRITIC_RUNS],
         data_inputs(CRITIC_DATASET),
     output:
         f"{RESULTS}/shift.json",
     log:
         f"{LOGS}/shift.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/shift.tsv"
     conda:
         ENV
     threads: S["threads"]["eval"]
     params:
-        runs=" ".join(f"--run {shlex.quote(run)}" for run in CRITIC_RUNS),
-        dataset=CRITIC_DATASET,
-        root=lambda w, input: data_root(input),
+        probe=probe_flags,
         num_images=S["shift"]["num_images"],
     shell:
-        'OMP_NUM_THREADS={threads} python "$SCRIPTS/critic_probes.py" shift {params.runs} --dataset {params.dataset} '
-        "--data-root {params.root} --num-images {params.num_images} --out {output} > {log} 2>&1"
+        'OMP_NUM_THREADS={threads} python "$SCRIPTS/critic_probes.py" shift {params.probe} '
+        "--num-images {params.num_images} --out {output} > {log} 2>&1"
 
 
 rule noise:
     input:
-        [f"{run}/train.done" for run in CRITIC_RUNS],
+        [f"{run}/fid_curve.csv" for run in CRITIC_RUNS],
         data_inputs(CRITIC_DATASET),
     output:
         f"{RESULTS}/noise.json",
     log:
         f"{LOGS}/noise.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/noise.tsv"
     conda:
         ENV
     threads: S["threads"]["eval"]
     params:
-        runs=" ".join(f"--run {shlex.quote(run)}" for run in CRITIC_RUNS),
-        dataset=CRITIC_DATASET,
-        root=lambda w, input: data_root(input),
+        probe=probe_flags,
         num_images=S["noise"]["num_images"],
     shell:
-        'OMP_NUM_THREADS={threads} python "$SCRIPTS/critic_probes.py" noise {params.runs} --dataset {params.dataset} '
-        "--data-root {params.root} --num-images {params.num_images} --out {output} > {log} 2>&1"
+        'OMP_NUM_THREADS={threads} python "$SCRIPTS/critic_probes.py" noise {params.probe} '
+        "--num-images {params.num_images} --out {output} > {log} 2>&1"
 
 
 rule neighbours:
@@ -408,6 +433,8 @@ rule neighbours:
         f"{RESULTS}/neighbours.json",
     log:
         f"{LOGS}/neighbours.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/neighbours.tsv"
     conda:
         ENV
     threads: S["threads"]["eval"]
@@ -416,9 +443,10 @@ rule neighbours:
         root=lambda w, input: data_root(input),
         queries=S["neighbours"]["num_queries"],
         candidates=S["neighbours"]["num_candidates"],
+        holdout=S["holdout"],
     shell:
         'OMP_NUM_THREADS={threads} python "$SCRIPTS/neighbours.py" --dataset {params.dataset} '
-        "--data-root {params.root} --num-queries {params.queries} "
+        "--data-root {params.root} --num-queries {params.queries} --holdout {params.holdout} "
         "--num-candidates {params.candidates} --out {output} > {log} 2>&1"
 
 
@@ -439,7 +467,7 @@ rule figure:
     input:
         lambda w: FIGURE_SPECS[w.name][1],
     output:
-        f"{FIGURES}/{{name}}.png",
+        report(f"{FIGURES}/{{name}}.png", caption="report/figure.rst", category="Figures"),
         f"{FIGURES}/{{name}}.pdf",
     log:
         f"{LOGS}/figures/{{name}}.log",
@@ -458,7 +486,7 @@ rule table:
         TABLE_INPUTS,
     output:
         md=f"{RESULTS}/table.md",
-        csv=f"{RESULTS}/table.csv",
+        csv=report(f"{RESULTS}/table.csv", caption="report/table.rst", category="Results"),
     log:
         f"{LOGS}/table.log",
     conda:

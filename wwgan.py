@@ -38,51 +38,25 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-__all__ = [
-    "WWGANError",
-    "warn",
-    "TrainConfig",
-    "LOSSES",
-    "LOSS_NAMES",
-    "OPTIMIZER_PRESETS",
-    "DATASETS",
-    "DATASET_SIZES",
-    "select_device",
-    "seed_everything",
-    "atomic_write",
-    "write_json",
-    "make_shapes",
-    "load_dataset",
-    "load_dataset_with_labels",
-    "list_image_files",
-    "download_dataset",
-    "to_unit_range",
+# fmt: off
+__all__ = [  # by section, in pipeline order
+    "WWGANError", "warn", "TrainConfig", "LOSSES", "LOSS_NAMES", "OPTIMIZER_PRESETS",
+    "DATASETS", "DATASET_SIZES", "DENSITY_SCALES", "select_device", "seed_everything",
+    "atomic_write", "write_json",
+    "make_shapes", "load_dataset", "load_dataset_with_labels", "holdout_indices",
+    "evaluation_images", "list_image_files", "download_dataset", "to_unit_range",
     "sample_batch",
-    "Critic",
-    "Generator",
-    "build_models",
-    "inverse_normalized_degree",
-    "laplacian_quadratic_form",
-    "authors_quadratic_form",
-    "images_to_density",
-    "gradient_norm",
-    "gradient_penalty",
-    "make_optimizers",
-    "critic_objective",
-    "critic_step",
-    "generator_step",
-    "train",
-    "load_checkpoint",
-    "load_latest_checkpoint",
-    "load_run",
+    "Critic", "Generator", "build_models",
+    "inverse_normalized_degree", "laplacian_quadratic_form", "authors_quadratic_form",
+    "images_to_density", "gradient_norm", "gradient_penalty",
+    "penalty_settings", "make_optimizers", "critic_objective", "critic_step",
+    "generator_step", "train", "load_checkpoint", "load_latest_checkpoint",
     "read_run_config",
-    "generated_batches",
-    "images_to_uint8",
+    "snapshot_paths", "load_models", "load_run", "generated_batches", "images_to_uint8",
     "sample_grid",
-    "cli",
-    "main",
-    "run_cli",
+    "cli", "main", "run_cli",
 ]
+# fmt: on
 
 
 class WWGANError(Exception):
@@ -109,6 +83,7 @@ DATASETS = ("shapes", "cifar10", "celeba", "folder")
 # Training-set sizes: the official splits, and the synthetic set's default size.
 DATASET_SIZES = {"cifar10": 50_000, "celeba": 202_599, "shapes": 4096}
 SUPPORTED_IMAGE_SIZES = (16, 32, 64, 128)
+DENSITY_SCALES = ("intensity", "unit-mass")  # see images_to_density
 CELEBA_REFERENCE_WIDTH = 178  # the aligned CelebA image is 178x218
 
 # Adam presets of Supp. Appendix C: "robustness" is printed for the critics of Figs. 4-5
@@ -123,28 +98,10 @@ OPTIMIZER_PRESETS = {
 
 # Fields that define the model and the objective: a checkpoint written under other values
 # cannot be resumed by this config (iterations, logging and device may change freely).
-IDENTITY_FIELDS = (
-    "dataset",
-    "image_size",
-    "channels",
-    "loss",
-    "latent_dim",
-    "width",
-    "batch_size",
-    "n_critic",
-    "lam",
-    "lipschitz_target",
-    "one_sided",
-    "density_at",
-    "alpha",
-    "neighborhood",
-    "gamma",
-    "lr",
-    "beta1",
-    "beta2",
-    "seed",
-    "celeba_crop",
-    "max_images",
+IDENTITY_FIELDS = tuple(
+    "dataset image_size channels loss latent_dim width batch_size n_critic lam lipschitz_target "
+    "one_sided density_at density_scale alpha neighborhood gamma lr beta1 beta2 seed "
+    "celeba_crop max_images holdout".split()
 )
 
 
@@ -187,6 +144,12 @@ class TrainConfig:
         "Where L(X) is evaluated (Sec. 3.4 vs Algorithm 1).",
         type=click.Choice(["interpolate", "fake"]),
     )
+    density_scale: str = option(
+        "intensity",
+        "The density L(rho) is taken at: pixel masses (x+1)/2 (Remark 3) or each channel "
+        "normalized to unit mass (Sec. 2.1, X in P(Omega)).",
+        type=click.Choice(DENSITY_SCALES),
+    )
     alpha: float = option(
         1.0, "The alpha of L~ = L + alpha 1 1^T (Remark 3).", type=click.FloatRange(min=0)
     )
@@ -213,7 +176,8 @@ class TrainConfig:
     checkpoint_every: int = option(500, "", type=click.IntRange(min=1))
     snapshot_every: int = option(
         0,
-        "Keep a generator snapshot every N iterations (FID curves; 0: none).",
+        "Keep a snapshot of both models every N iterations (FID curves, FID-matched "
+        "critics; 0: none).",
         type=click.IntRange(min=0),
     )
     nan_policy: str = option(
@@ -222,6 +186,13 @@ class TrainConfig:
     max_images: int = option(
         0, "Use at most N training images (0: all).", type=click.IntRange(min=0)
     )
+    holdout: int = option(
+        0,
+        "Hold back N training images (a fixed random slice) for evaluation; training never "
+        "sees them. For data without a test split.",
+        type=click.IntRange(min=0),
+    )
+    label: str = option("", "Name of the run's variant in tables and figures (not its identity).")
     cache_dir: str = option(
         "data/cache",
         "Where decoded image folders are cached as uint8 arrays ('' disables).",
@@ -270,6 +241,10 @@ class TrainConfig:
             (self.density_at in ("interpolate", "fake"), "density_at must be interpolate or fake"),
             (self.neighborhood in (4, 8), f"neighborhood must be 4 or 8, got {self.neighborhood}"),
             (self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}"),
+            (
+                self.density_scale in DENSITY_SCALES,
+                f"density_scale must be one of {', '.join(DENSITY_SCALES)}",
+            ),
             (self.nan_policy in ("stop", "skip"), "nan_policy must be stop or skip"),
             (
                 self.image_size in SUPPORTED_IMAGE_SIZES,
@@ -422,17 +397,15 @@ CIFAR10_CLASSES = (
 CACHE_FORMAT_VERSION = 1
 
 
+HOLDOUT_SEED = 2019  # the permutation that picks the held-out slice of a training set
+
+
 def load_dataset(config: TrainConfig) -> torch.Tensor:
     """The training images of `config.dataset` as uint8 (N, C, H, W)."""
     return load_dataset_with_labels(config)[0]
 
 
-def load_dataset_with_labels(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(images uint8 (N, C, S, S), labels int64 (N,) or None when the set has no classes).
-
-    At most `config.max_images` images (0: all), a fixed subset that keeps class balance
-    (`subset_indices`). Image folders are decoded once and cached under `config.cache_dir`.
-    """
+def _load_all(config: TrainConfig):
     loaders = {
         "shapes": _load_shapes,
         "cifar10": load_cifar10,
@@ -440,6 +413,79 @@ def load_dataset_with_labels(config: TrainConfig) -> tuple[torch.Tensor, torch.T
         "folder": load_image_folder,
     }
     return loaders[config.dataset](config)
+
+
+def load_dataset_with_labels(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The training images, uint8 (N, C, S, S), and labels int64 (N,) or None when the set
+    has no classes: the whole training split minus the `config.holdout` slice
+    (`holdout_indices`), then at most `config.max_images` of them, a fixed subset that
+    keeps class balance (`subset_indices`). Image folders are decoded once and cached
+    under `config.cache_dir`."""
+    if not config.holdout:
+        return _load_all(config)
+    images, labels = _load_all(dataclasses.replace(config, max_images=0))
+    train, _ = holdout_indices(len(images), config.holdout)
+    keep = torch.from_numpy(train[subset_indices(len(train), config.max_images)])
+    return images[keep], None if labels is None else labels[keep]
+
+
+def holdout_indices(n: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) indices, both sorted: the held-out slice is the first
+    `holdout` of a fixed-seed permutation of range(n), so it is a uniform random subset
+    (class balance kept) that does not depend on max_images."""
+    if not 0 <= holdout < n:
+        raise WWGANError(f"cannot hold out {holdout} of {n} training images")
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(n)
+    return np.sort(order[holdout:]), np.sort(order[:holdout])
+
+
+def evaluation_images(config: TrainConfig, allow_training_images: bool = False):
+    """Images no critic trained on, for the experiments: (uint8 images, labels or None,
+    where they come from). The official test split when the data has one (CIFAR-10's
+    test_batch or a test/ folder beside train/; a separate draw of `shapes`), else the
+    `config.holdout` slice that training excluded. Training images only when asked for
+    (`allow_training_images`, with a warning); otherwise their absence is an error."""
+    test = _official_test_split(config)
+    if test is not None:
+        return test
+    if config.holdout:
+        images, labels = _load_all(dataclasses.replace(config, max_images=0))
+        _, held = holdout_indices(len(images), config.holdout)
+        keep = torch.from_numpy(held)
+        where = (
+            f"held-out slice of the training set: {config.holdout} of its {len(images)} "
+            f"images (seed {HOLDOUT_SEED}), excluded from training"
+        )
+        return images[keep], None if labels is None else labels[keep], where
+    if not allow_training_images:
+        raise WWGANError(
+            f"{config.dataset} at {config.data_root} has no test split and the runs held "
+            f"out no images; train with --holdout N, or pass --allow-training-images to "
+            f"evaluate on images the critics trained on"
+        )
+    warn("evaluating on training images: the critics saw them (--allow-training-images)")
+    images, labels = load_dataset_with_labels(config)
+    return images, labels, "training images (seen in training; --allow-training-images)"
+
+
+def _official_test_split(config: TrainConfig):
+    """(images, labels, description) of the dataset's own test split, or None."""
+    if config.dataset == "shapes":
+        images, labels = make_shapes(1024, config.image_size, seed=4321, return_labels=True)
+        return images, labels, "shapes test draw (1024 images, seed 4321)"
+    if config.dataset != "cifar10":
+        return None
+    layout, path = find_cifar10(config.data_root)
+    if layout == "torchvision":
+        if not (path / "cifar-10-batches-py" / "test_batch").exists():
+            return None
+        images, labels = _cifar10_pickles(config, path, train=False)
+        return images, labels, f"CIFAR-10 test split ({len(images)} images)"
+    folder = path.parent / "test"
+    if path.name != "train" or not folder.is_dir():
+        return None
+    images, labels = load_image_files(config, list_image_files(folder), "cifar10-test")
+    return images, labels, f"CIFAR-10 test split ({len(images)} images, {folder})"
 
 
 def _load_shapes(config: TrainConfig):
@@ -765,10 +811,14 @@ def load_cifar10(config: TrainConfig):
                 f"their sorted order"
             )
         return load_image_files(config, listing, "cifar10")
+    return _cifar10_pickles(config, path, train=True)
+
+
+def _cifar10_pickles(config: TrainConfig, path: Path, train: bool):
     from torchvision.datasets import CIFAR10
 
     try:
-        dataset = CIFAR10(root=str(path), train=True, download=False)
+        dataset = CIFAR10(root=str(path), train=train, download=False)
     except Exception as exc:
         raise WWGANError(
             f"{path / CIFAR10.base_folder} is incomplete or corrupt ({exc}); "
@@ -1145,9 +1195,27 @@ def authors_quadratic_form(
     return total + gamma * grad.square().sum(dim=(1, 2, 3))
 
 
-def images_to_density(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> nonnegative pixel masses (x + 1) / 2 (unnormalized, Remark 3)."""
-    return (images + 1.0) * 0.5
+def images_to_density(images: torch.Tensor, scale: str = "intensity") -> torch.Tensor:
+    """Images in [-1, 1] -> the nonnegative density rho the Laplacian L(rho) is taken at.
+
+    - "intensity": rho = (x + 1) / 2, the unnormalized pixel masses of Remark 3 (Def. 10's
+      M+(I)): with Def. 10's 1/d_i ~ n, sqrt(g^T L~ g) is ~40-50x ||g||_2 on CIFAR-10.
+    - "unit-mass": each sample's channel divided by its total mass, so that it lies on the
+      probability simplex, X in P(Omega) (Sec. 2.1; Supp. App. B defines L on P(I)); then
+      rho_i / d_i is O(1) and so is sqrt(g^T L~ g) / ||g||_2. An all-black channel (mass
+      below 1e-12) has no distribution: its density is 0, leaving only alpha 1 1^T.
+    """
+    if scale not in DENSITY_SCALES:
+        raise ValueError(
+            f"unknown density scale {scale!r}; choose from {', '.join(DENSITY_SCALES)}"
+        )
+    density = (images + 1.0) * 0.5
+    if scale == "unit-mass":
+        mass = density.sum(dim=(-2, -1), keepdim=True)
+        density = torch.where(
+            mass > 1e-12, density / mass.clamp_min(1e-12), torch.zeros_like(density)
+        )
+    return density
 
 
 def safe_sqrt(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -1200,21 +1268,25 @@ def gradient_penalty(
     gamma: float = 1.0,
     eps: torch.Tensor | None = None,
     compiled: bool = False,
+    density_scale: str = "intensity",
+    return_l2: bool = False,
 ):
     """The gradient penalty of `loss` at x_hat = eps * real + (1 - eps) * fake, eps ~ U[0, 1]
     per sample (uniform on the straight line between a real and a fake sample):
 
     - "wgan-gp": lam * (||g||_2 - 1)^2 (Gulrajani et al. 2017, Eq. 8);
     - "lp": lam * max(0, ||g||_2 - 1)^2 (Petzka et al. 2017);
-    - "wwgan": lam * (sqrt(g^T L~(rho) g) - 1)^2 (Sec. 3.4), rho = (x + 1) / 2 taken at
-      x_hat (Sec. 3.4, default) or at the fake sample (Algorithm 1, line 7);
+    - "wwgan": lam * (sqrt(g^T L~(rho) g) - 1)^2 (Sec. 3.4), rho taken at x_hat (Sec. 3.4,
+      default) or at the fake sample (Algorithm 1, line 7), on the `density_scale` of
+      `images_to_density` (intensity: Remark 3's unnormalized masses; unit-mass: Sec. 2.1);
     - "wwgan-authors": the same with the authors' code's quadratic form.
 
     `target` replaces the 1 (see README: the Def. 10 norm of a fresh critic is ~40x its
     L2 norm); `one_sided` uses max(0, . - target)^2 for the W2 losses. `eps` (B, 1, 1, 1)
     fixes the interpolation weights (tests of distributed training); drawn when None.
     `compiled`: see `gradient_norm`. Returns (penalty, gradient_norms) with the norms
-    detached, for logging.
+    detached, for logging; with `return_l2`, also ||g||_2 per sample (detached): the ratio
+    of the two is the scale s that makes lam act like lam * s * target on a rescaled critic.
     """
     if real.shape != fake.shape:
         raise ValueError(
@@ -1226,12 +1298,16 @@ def gradient_penalty(
     grad = critic_input_gradient(critic, x_hat)
     density = None
     if loss in ("wwgan", "wwgan-authors"):
-        density = images_to_density(x_hat if density_at == "interpolate" else fake.detach())
+        at = x_hat if density_at == "interpolate" else fake.detach()
+        density = images_to_density(at, density_scale)
     norms = gradient_norm(grad, loss, density, alpha, neighborhood, gamma, compiled)
     excess = norms - target
     if loss == "lp" or (one_sided and loss != "wgan-gp"):
         excess = excess.clamp_min(0.0)
-    return lam * excess.square().mean(), norms.detach()
+    penalty = lam * excess.square().mean()
+    if not return_l2:
+        return penalty, norms.detach()
+    return penalty, norms.detach(), safe_sqrt(grad.detach().square().sum(dim=(1, 2, 3)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -1247,6 +1323,17 @@ def make_optimizers(config: TrainConfig, generator: nn.Module, critic: nn.Module
     )
 
 
+def penalty_settings(config: TrainConfig) -> dict:
+    """The keyword arguments of `gradient_penalty` that a TrainConfig sets."""
+    names = ("loss", "lam", "one_sided", "density_at", "alpha", "neighborhood", "gamma")
+    return dict(
+        {name: getattr(config, name) for name in names},
+        target=config.lipschitz_target,
+        compiled=config.compile,
+        density_scale=config.density_scale,
+    )
+
+
 def critic_objective(config: TrainConfig, critic, real, fake, eps=None):
     """The critic loss of Algorithm 1, line 7, averaged over the batch (line 9):
     mean D(fake) - mean D(real) + the gradient penalty. Returns (loss, detached terms).
@@ -1257,27 +1344,20 @@ def critic_objective(config: TrainConfig, critic, real, fake, eps=None):
     does not fire DDP's gradient hooks, so each weight is reduced exactly once."""
     scores = critic(torch.cat([real, fake]))
     critic_real, critic_fake = scores[: len(real)].mean(), scores[len(real) :].mean()
-    penalty, norms = gradient_penalty(
-        critic,
-        real,
-        fake,
-        config.loss,
-        config.lam,
-        config.lipschitz_target,
-        config.one_sided,
-        config.density_at,
-        config.alpha,
-        config.neighborhood,
-        config.gamma,
-        eps=eps,
-        compiled=config.compile,
+    penalty, norms, l2_norms = gradient_penalty(
+        critic, real, fake, eps=eps, return_l2=True, **penalty_settings(config)
     )
     critic_loss = critic_fake - critic_real + penalty
+    scale = (norms / l2_norms).mean()
     return critic_loss, dict(
         critic_loss=critic_loss.detach(),
         penalty=penalty.detach(),
         wasserstein=(critic_real - critic_fake).detach(),
         grad_norm=norms.mean(),
+        grad_l2_norm=l2_norms.mean(),
+        # s = constrained norm / ||g||_2: the penalty acts like WGAN-GP's with lam * s * t
+        norm_scale=scale,
+        lam_effective=config.lam * scale * config.lipschitz_target,
     )
 
 
@@ -1650,7 +1730,7 @@ def _generator_iteration(state: TrainState, loop: _Loop) -> tuple[dict, dict]:
     check = (
         device.type != "cuda"
         or config.nan_policy == "skip"
-        or next_it == config.iterations
+        or next_it in (1, config.iterations)
         or _is_interval(next_it, config.log_every)
         or _is_interval(next_it, config.checkpoint_every)
     )
@@ -1684,11 +1764,11 @@ def _generator_iteration(state: TrainState, loop: _Loop) -> tuple[dict, dict]:
 
 
 def _write_outputs(state: TrainState, loop: _Loop, terms: dict, bar) -> None:
-    """What rank 0 writes after an iteration: metrics, sample grids, generator snapshots
+    """What rank 0 writes after an iteration: metrics, sample grids, model snapshots
     and checkpoints, each at its interval and all at the last iteration."""
     config, it = loop.config, state.iteration
     last = it == config.iterations
-    if _is_interval(it, config.log_every) or last:
+    if _is_interval(it, config.log_every) or last or it == 1:  # 1: the scale s at the start
         row = {k: float(v) for k, v in terms.items()}
         row.update(iteration=it, train_seconds=round(state.train_seconds, 4))
         loop.metrics_file.write(json.dumps(row) + "\n")
@@ -1700,16 +1780,15 @@ def _write_outputs(state: TrainState, loop: _Loop, terms: dict, bar) -> None:
         )
     if _is_interval(it, config.sample_every) or last:
         save_samples(state.generator, loop.fixed_z, loop.out / "samples" / f"iter_{it:07d}.png")
-    if _is_interval(it, config.snapshot_every):
-        atomic_torch_save(
-            dict(
-                generator=state.generator.state_dict(),
-                iteration=it,
-                train_seconds=state.train_seconds,
-                config=config.to_dict(),
-            ),
-            loop.out / "snapshots" / f"generator_{it:07d}.pt",
+    if _is_interval(it, config.snapshot_every):  # both models: critics are compared at
+        snapshot = dict(  # matched generator FID, not at matched iterations (Figs. 4-5)
+            generator=state.generator.state_dict(),
+            critic=state.critic.state_dict(),
+            iteration=it,
+            train_seconds=state.train_seconds,
+            config=config.to_dict(),
         )
+        atomic_torch_save(snapshot, snapshot_path(loop.out, it))
     if _is_interval(it, config.checkpoint_every) or last:
         atomic_torch_save(_checkpoint_dict(state, config), loop.checkpoint_path, keep_previous=True)
 
@@ -1795,20 +1874,44 @@ def _check_step(config: TrainConfig, state: TrainState, terms: dict, ckpt_path: 
 # -- finished runs: weights, samples --
 
 
+def snapshot_path(run_dir: str | Path, iteration: int) -> Path:
+    return Path(run_dir) / "snapshots" / f"snapshot_{iteration:07d}.pt"
+
+
+def snapshot_paths(run_dir: str | Path) -> dict[int, Path]:
+    """{iteration: RUN/snapshots/snapshot_XXXXXXX.pt}, in iteration order."""
+    paths = (Path(run_dir) / "snapshots").glob("snapshot_*.pt")
+    return dict(sorted((int(p.stem.split("_")[-1]), p) for p in paths))
+
+
+def _models_from(checkpoint: dict, path: Path, device):
+    config = TrainConfig.from_dict(checkpoint["config"])
+    generator, critic = build_models(config)
+    try:
+        generator.load_state_dict(checkpoint["generator"])
+        critic.load_state_dict(checkpoint["critic"])
+    except (RuntimeError, KeyError) as exc:
+        raise WWGANError(f"{path}: weights do not match the model its config describes") from exc
+    return config, generator.to(device).eval(), critic.to(device).eval()
+
+
+def load_models(path: str | Path, device="cpu") -> tuple[TrainConfig, Generator, Critic, dict]:
+    """Generator and critic (eval mode) of a snapshot or a checkpoint file, and its
+    {iteration, train_seconds}."""
+    checkpoint = load_checkpoint(Path(path), map_location=device)
+    info = dict(
+        iteration=int(checkpoint["iteration"]), train_seconds=float(checkpoint["train_seconds"])
+    )
+    return (*_models_from(checkpoint, Path(path), device), info)
+
+
 def load_run(run_dir: str | Path, device="cpu") -> tuple[TrainConfig, Generator, Critic]:
     """Generator and critic (eval mode) of a finished or interrupted run directory."""
     path = Path(run_dir) / "checkpoint.pt"
     checkpoint = load_latest_checkpoint(path, map_location=device)
     if checkpoint is None:
         raise WWGANError(f"{path}: no checkpoint; train first with `wwgan train --out {run_dir}`")
-    config = TrainConfig.from_dict(checkpoint["config"])
-    generator, critic = build_models(config)
-    try:
-        generator.load_state_dict(checkpoint["generator"])
-        critic.load_state_dict(checkpoint["critic"])
-    except RuntimeError:
-        raise WWGANError(f"{path}: weights do not match the model its config describes") from None
-    return config, generator.to(device).eval(), critic.to(device).eval()
+    return _models_from(checkpoint, path, device)
 
 
 def images_to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -39,19 +39,19 @@ from tqdm.auto import tqdm
 
 from swd import image_batches, swd_descriptors, swd_from_descriptors
 from wwgan import (
-    Generator,
     TrainConfig,
     WWGANError,
     atomic_torch_save,
     atomic_write,
     generated_batches,
-    load_checkpoint,
     load_dataset,
     load_latest_checkpoint,
+    load_models,
     make_shapes,
     previous_checkpoint_path,
     run_cli,
     select_device,
+    snapshot_paths,
     warn,
 )
 
@@ -373,13 +373,15 @@ def _data_root_digest(dataset: str, data_root: str | Path) -> str:
 
 
 def reference_stats_key(
-    dataset: str, data_root: str | Path, image_size: int, num_images: int
+    dataset: str, data_root: str | Path, image_size: int, num_images: int, holdout: int = 0
 ) -> dict:
-    """What reference statistics depend on; stored inside the .npz and checked on reuse."""
+    """What reference statistics depend on; stored inside the .npz and checked on reuse.
+    `holdout`: the training images held out for evaluation, which the reference excludes."""
     return dict(
         dataset=dataset,
         image_size=int(image_size),
         num_images=int(num_images),
+        holdout=int(holdout),
         data_root=_data_root_digest(dataset, data_root),
         weights=FID_WEIGHTS_FILENAME,
     )
@@ -462,7 +464,8 @@ def reference_statistics(
     `path`: reused when the stored key (dataset, resolution, count, data root, weights)
     matches, recomputed and rewritten atomically otherwise."""
     path = Path(path)
-    key = reference_stats_key(dataset, data_root, image_size, num_images)
+    holdout = base_config.holdout if base_config else 0
+    key = reference_stats_key(dataset, data_root, image_size, num_images, holdout)
     if path.exists():
         try:
             cached = _read_stats(path)
@@ -481,28 +484,6 @@ def reference_statistics(
 
 
 # -- FID / SWD against training time (Fig. 6) --
-
-
-def snapshot_paths(run_dir: str | Path) -> list[Path]:
-    """RUN/snapshots/generator_XXXXXXX.pt, sorted by iteration."""
-    folder = Path(run_dir) / "snapshots"
-    return sorted(folder.glob("generator_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
-
-
-def load_generator_snapshot(path: str | Path, device="cpu") -> tuple[TrainConfig, Generator, dict]:
-    """A generator (eval mode) from a snapshot or a full checkpoint, with its
-    {iteration, train_seconds}."""
-    checkpoint = load_checkpoint(Path(path), map_location=device)
-    config = TrainConfig.from_dict(checkpoint["config"])
-    generator = Generator(config.image_size, config.channels, config.width, config.latent_dim)
-    try:
-        generator.load_state_dict(checkpoint["generator"])
-    except (RuntimeError, KeyError):
-        raise WWGANError(f"{path}: generator weights do not match the config inside") from None
-    info = dict(
-        iteration=int(checkpoint["iteration"]), train_seconds=float(checkpoint["train_seconds"])
-    )
-    return config, generator.to(device).eval(), info
 
 
 def read_fid_curve(path: str | Path) -> list[dict]:
@@ -563,8 +544,7 @@ def fid_curve(
             "FID needs --stats STATS.npz (from `python scripts/fid.py stats`), or pass --no-fid"
         )
     sources = {}
-    for path in snapshot_paths(run_dir):
-        sources.setdefault(int(path.stem.split("_")[-1]), path)
+    sources.update(snapshot_paths(run_dir))
     checkpoint = run_dir / "checkpoint.pt"
     final = load_latest_checkpoint(checkpoint)
     if final is not None and int(final["iteration"]) not in sources:
@@ -575,7 +555,7 @@ def fid_curve(
     del final
     if not sources:
         raise WWGANError(
-            f"{run_dir}: no checkpoint.pt and no snapshots/generator_*.pt, not a "
+            f"{run_dir}: no checkpoint.pt and no snapshots/snapshot_*.pt, not a "
             f"training run; train one with `wwgan train --out {run_dir} "
             f"--snapshot-every K`"
         )
@@ -591,7 +571,7 @@ def fid_curve(
         return [rows[it] for it in sorted(rows)]
 
     device = select_device(str(device))
-    config, _, _ = load_generator_snapshot(sources[todo[0]], "cpu")
+    config, _, _, _ = load_models(sources[todo[0]], "cpu")
     dataset = dataset or config.dataset
     data_root = data_root or config.data_root
     real = real_image_subset(
@@ -625,7 +605,7 @@ def fid_curve(
         reference = dict(reference, sqrt_sigma=symmetric_sqrt(reference["sigma"]))  # once
 
     for it in tqdm(todo, desc=f"fid-curve {run_dir.name}", disable=not progress):
-        _, generator, info = load_generator_snapshot(sources[it], device)
+        _, generator, _, info = load_models(sources[it], device)
         fid = math.nan
         if compute_fid:
             fid = generator_fid(generator, reference, model, num_samples, seed, batch_size, device)
@@ -703,6 +683,13 @@ def fid_weights_command(out, source, verify_images):
     help="Resolution (default: 32, or 64 for celeba).",
 )
 @click.option("--num-images", default=50_000, show_default=True, type=click.IntRange(min=2))
+@click.option(
+    "--holdout",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Training images the runs held out (wwgan train --holdout): excluded here too.",
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="STATS.npz")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
@@ -713,13 +700,24 @@ def fid_weights_command(out, source, verify_images):
     type=click.Path(dir_okay=False),
     help="Inception weights file [default: pytorch-fid's, in the torch hub cache].",
 )
-def fid_stats_command(dataset, data_root, image_size, num_images, out, device, batch_size, weights):
+def fid_stats_command(
+    dataset, data_root, image_size, num_images, holdout, out, device, batch_size, weights
+):
     """Inception statistics of the training images for FID, cached in STATS.npz (reused
-    while dataset, resolution, count and data root stay the same)."""
+    while dataset, resolution, count, held-out slice and data root stay the same)."""
     if image_size is None:
         image_size = 64 if dataset == "celeba" else 32
+    base = TrainConfig(dataset=dataset, image_size=image_size, holdout=holdout)
     stats = reference_statistics(
-        out, dataset, data_root, image_size, num_images, select_device(device), batch_size, weights
+        out,
+        dataset,
+        data_root,
+        image_size,
+        num_images,
+        select_device(device),
+        batch_size,
+        weights,
+        base,
     )
     state = "up to date" if stats.get("cached") else "wrote"
     click.echo(f"{state}: {out} ({int(stats['count'])} images of {dataset} at {image_size}px)")

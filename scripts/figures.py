@@ -18,7 +18,7 @@ import numpy as np
 
 from fid import read_fid_curve
 from neighbours import _from_thumbnail
-from wwgan import LOSS_NAMES, LOSSES, WWGANError, load_run, read_run_config, run_cli, sample_grid
+from wwgan import LOSS_NAMES, WWGANError, load_run, read_run_config, run_cli, sample_grid
 
 FIGURES: dict = {}
 
@@ -53,12 +53,9 @@ def _matplotlib():
     return plt
 
 
-FIGURE_LOSS_COLORS = {
-    "wgan-gp": "#1f77b4",
-    "lp": "#2ca02c",
-    "wwgan": "#d62728",
-    "wwgan-authors": "#ff7f0e",
-}
+# Variants in input order take these colours: WGAN-GP blue, its matched control light
+# blue, WWGAN red, WWGAN unit mass orange (the workflow's order), then the rest.
+COLORS = ("#1f77b4", "#6baed6", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b")
 FIGURE_DATASET_LABELS = {
     "cifar10": "CIFAR-10",
     "celeba": "CelebA",
@@ -94,13 +91,13 @@ def _plot_curves(plt, groups: dict, metrics: list[str]):
     ylabels = {"fid": "FID", "swd": r"SWD ($\times 10^3$)"}
 
     fig, axes = plt.subplots(len(metrics), 2, figsize=(8.0, 2.9 * len(metrics)), squeeze=False)
-    for (dataset, loss), runs in sorted(groups.items()):
-        label = LOSS_NAMES.get(loss, loss)
+    colors = {}
+    for (dataset, label), runs in groups.items():
+        color = colors.setdefault(label, COLORS[len(colors) % len(COLORS)])
         if several_datasets:
             label = f"{FIGURE_DATASET_LABELS.get(dataset, dataset)}, {label}"
         if len(runs) > 1:
             label += f" (mean $\\pm$ s.d., {len(runs)} seeds)"
-        color = FIGURE_LOSS_COLORS.get(loss)
         for row, metric in enumerate(metrics):
             iterations, values, seconds = _mean_over_seeds(runs, metric)
             if not len(iterations):
@@ -157,7 +154,7 @@ def render_fid_curves(inputs: list[Path], out: Path) -> list[Path]:
             )
         rows = read_fid_curve(csv_path)
         if rows:
-            key = (config.get("dataset", "?"), config.get("loss", "?"))
+            key = (config.get("dataset", "?"), _label(config))
             groups.setdefault(key, []).append(rows)
     if not groups:
         raise WWGANError(
@@ -192,9 +189,8 @@ def _titled_grid(path: Path) -> tuple[np.ndarray, str]:
             ) from None
     if config is None:
         return grid, path.stem
-    dataset, loss = config.get("dataset", "?"), config.get("loss", "?")
-    dataset, loss = FIGURE_DATASET_LABELS.get(dataset, dataset), LOSS_NAMES.get(loss, loss)
-    return grid, f"{dataset}, {loss}"
+    dataset = config.get("dataset", "?")
+    return grid, f"{FIGURE_DATASET_LABELS.get(dataset, dataset)}, {_label(config)}"
 
 
 @register_figure("samples")
@@ -217,9 +213,15 @@ def render_samples(inputs: list[Path], out: Path) -> list[Path]:
     return save_figure(fig, out)
 
 
-def _read_runs(paths, experiment: str) -> list[dict]:
-    """All run entries of one experiment's JSON files, in LOSSES order, then by seed."""
-    entries = []
+def _label(run: dict) -> str:
+    """A run's variant label (`wwgan train --label`), else its loss's name."""
+    return run.get("label") or LOSS_NAMES.get(run.get("loss"), str(run.get("loss")))
+
+
+def _read_runs(paths, experiment: str) -> tuple[dict, dict]:
+    """The first payload of one experiment's JSON files, and its run entries grouped by
+    variant label in input order, each group by seed."""
+    groups, first = {}, None
     for path in paths:
         try:
             payload = json.loads(Path(path).read_text())
@@ -230,69 +232,90 @@ def _read_runs(paths, experiment: str) -> list[dict]:
                 f"{path}: not a `critic_probes.py {experiment}` result "
                 f"(experiment={payload.get('experiment')!r})"
             )
-        entries += payload["runs"]
-    if not entries:
+        first = first or payload
+        for entry in payload["runs"]:
+            groups.setdefault(_label(entry), []).append(entry)
+    if not groups:
         raise WWGANError(f"no runs in {', '.join(map(str, paths))}")
-    rank = {loss: n for n, loss in enumerate(LOSSES)}
-    return sorted(entries, key=lambda e: (rank.get(e["loss"], len(rank)), e["seed"]))
-
-
-def _by_loss(entries: list[dict]) -> dict:
-    groups: dict = {}
-    for entry in entries:
-        groups.setdefault(entry["loss"], []).append(entry)
-    return groups
+    return first, {label: sorted(runs, key=lambda e: e["seed"]) for label, runs in groups.items()}
 
 
 def _mean_sd(values) -> str:
     values = np.asarray(values, dtype=float)
     sd = f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else ""
-    return f"{values.mean():.2f}{sd} (n={len(values)} run{'s' if len(values) > 1 else ''})"
+    return f"{values.mean():.2f}{sd}"
+
+
+def _snapshot_note(run: dict) -> str:
+    fid, swd = run.get("snapshot_fid"), run.get("snapshot_swd")
+    quality = (
+        f"FID {fid:.1f}" if isinstance(fid, float) and math.isfinite(fid) else f"SWD {swd:.1f}"
+    )
+    return f"seed {run['seed']}, iteration {run['snapshot_iteration']}, {quality}"
 
 
 @register_figure("shift")
 def render_shift(inputs, out, examples: int = 4):
-    """Fig. 4: critic value vs downward shift for a few real images, one panel per loss
-    (the first run of each loss), titled with the roughness over all runs of that loss."""
+    """Fig. 4: the matched critic of each variant (its first seed) on a few held-out
+    images shifted down 0..H pixels (left), and the distribution over all images and
+    seeds of each curve's oscillation (right); titles: mean ± s.d. over seeds."""
     plt = _matplotlib()
-    groups = _by_loss(_read_runs(inputs, "shift"))
-    fig, axes = plt.subplots(len(groups), 1, figsize=(6, 2.6 * len(groups)), squeeze=False)
-    for ax, (loss, runs) in zip(axes[:, 0], groups.items()):
+    payload, groups = _read_runs(inputs, "shift")
+    fig, axes = plt.subplots(
+        len(groups), 2, figsize=(9, 2.5 * len(groups)), squeeze=False,
+        gridspec_kw=dict(width_ratios=(2.2, 1)),
+    )  # fmt: skip
+    bins = None
+    for row, (label, runs) in enumerate(groups.items()):
+        ax = axes[row, 0]
         curves = np.asarray(runs[0]["curves"])
         for n, curve in enumerate(curves[:examples]):
             ax.plot(np.arange(len(curve)), curve, marker=".", lw=1, label=f"image {n}")
         ax.axhline(0.0, color="0.6", lw=0.8)
         ax.set_title(
-            f"{loss} (seed {runs[0]['seed']}): roughness "
-            f"{_mean_sd([r['roughness'] for r in runs])}",
-            fontsize=9,
-        )
+            f"{label} ({_snapshot_note(runs[0])}): oscillation "
+            f"{_mean_sd([r['oscillation'] for r in runs])}, 2-px jump "
+            f"{_mean_sd([r['early_jump'] for r in runs])}", fontsize=8,
+        )  # fmt: skip
         ax.set_ylabel("critic value")
+        values = np.concatenate([r["per_image"]["oscillation"] for r in runs])
+        bins = bins if bins is not None else np.linspace(1, max(2.0, np.quantile(values, 0.98)), 25)
+        axes[row, 1].hist(
+            np.clip(values, bins[0], bins[-1]), bins=bins, color=COLORS[row % len(COLORS)]
+        )
+        axes[row, 1].set_title("oscillation per image (1 = monotone)", fontsize=8)
     axes[-1, 0].set_xlabel("downward shift (pixels)")
+    axes[-1, 1].set_xlabel("total variation / range")
     axes[0, 0].legend(fontsize=7, ncol=min(examples, 4))
+    fig.suptitle(f"Critic along a vertical shift: {payload.get('images', '')}", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, out)
 
 
 @register_figure("noise")
 def render_noise(inputs, out):
-    """Fig. 5: the critic on clean and on salt-and-pepper real images, one panel per loss
-    (the first run of each loss), titled with the clean/noisy separation over all runs."""
+    """Fig. 5: the matched critic of each variant (its first seed) on held-out images,
+    clean and with salt-and-pepper noise, and on generated images; titles: Cohen's d and
+    the clean-noisy gap over the real-fake gap, mean ± s.d. over seeds."""
     plt = _matplotlib()
-    groups = _by_loss(_read_runs(inputs, "noise"))
-    fig, axes = plt.subplots(len(groups), 1, figsize=(6, 2.4 * len(groups)), squeeze=False)
-    for ax, (loss, runs) in zip(axes[:, 0], groups.items()):
+    payload, groups = _read_runs(inputs, "noise")
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7, 2.3 * len(groups)), squeeze=False)
+    for ax, (label, runs) in zip(axes[:, 0], groups.items()):
         clean, noisy = np.asarray(runs[0]["clean"]), np.asarray(runs[0]["noisy"])
+        fake = np.asarray(runs[0].get("fake", []))
         ax.scatter(np.arange(len(clean)), clean, s=10, label="clean")
         ax.scatter(np.arange(len(noisy)), noisy, s=10, marker="x", label="salt and pepper")
+        if len(fake):
+            ax.scatter(np.arange(len(fake)), fake, s=6, marker=".", c="0.6", label="generated")
         ax.set_title(
-            f"{loss} (seed {runs[0]['seed']}): separation "
-            f"{_mean_sd([r['separation'] for r in runs])}",
-            fontsize=9,
-        )
+            f"{label} ({_snapshot_note(runs[0])}): Cohen's d "
+            f"{_mean_sd([r['cohens_d'] for r in runs])}, gap / real-fake gap "
+            f"{_mean_sd([r['relative_gap'] for r in runs])}", fontsize=8,
+        )  # fmt: skip
         ax.set_ylabel("critic value")
     axes[-1, 0].set_xlabel("image")
-    axes[0, 0].legend(fontsize=7)
+    axes[0, 0].legend(fontsize=7, ncol=3)
+    fig.suptitle(f"Critic on noisy images: {payload.get('images', '')}", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, out)
 
@@ -300,7 +323,8 @@ def render_noise(inputs, out):
 @register_figure("neighbours")
 def render_neighbours(inputs, out):
     """Fig. 1: each shown query (left column of each block) and its 9 nearest candidates
-    under L2 (left block) and under W2 (right block), from the thumbnails in the JSON."""
+    under W2, under L2 on the same histograms and under L2 on RGB, from the thumbnails in
+    the JSON."""
     plt = _matplotlib()
     payload = json.loads(Path(inputs[0]).read_text())
     if payload.get("experiment") != "neighbours":
@@ -321,15 +345,20 @@ def render_neighbours(inputs, out):
         ]
         return np.concatenate(rows, axis=1).transpose(1, 2, 0).squeeze()
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.65 * len(thumbs["queries"]) + 0.8))
-    for ax, name, label in zip(axes, ("l2", "w2"), ("L2", "W2")):
+    names = {"w2": "W2, grayscale histograms", "l2": "L2, the same histograms",
+             "l2_rgb": "L2, RGB"}  # fmt: skip
+    names = {k: v for k, v in names.items() if k in thumbs}
+    fig, axes = plt.subplots(
+        1, len(names), figsize=(6 * len(names), 0.65 * len(thumbs["queries"]) + 0.8)
+    )
+    for ax, (name, label) in zip(np.atleast_1d(axes), names.items()):
         ax.imshow(block(name), cmap="gray", interpolation="nearest")
-        share = payload[name].get("class_share")
-        ax.set_title(
-            f"{label}: query, then its 9 nearest"
-            + (f" (same class: {share:.2f})" if share is not None else ""),
-            fontsize=9,
-        )
+        shares = payload[name].get("class_share_per_query")
+        brightness = payload[name].get("brightness_per_query")
+        detail = [f"same class {np.mean(shares):.2f}" if shares else "",
+                  f"mean intensity {np.mean(brightness):.2f}" if brightness else ""]  # fmt: skip
+        ax.set_title(f"{label}: query, then its 9 nearest ({', '.join(d for d in detail if d)})",
+                     fontsize=9)  # fmt: skip
         ax.axis("off")
     fig.tight_layout()
     return save_figure(fig, out)

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from critic_probes import _real_images
+from critic_probes import probe_images
 from image_w2 import image_w2_distance
-from wwgan import run_cli, select_device, write_json
+from wwgan import TrainConfig, run_cli, select_device, write_json
 
 
 def grayscale_histograms(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -47,86 +47,72 @@ def _from_thumbnail(text: str, shape) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype=np.uint8).reshape(shape)
 
 
+METRICS = {
+    "w2": "W2 (image_w2_distance, pixels) between the grayscale images as unit-mass "
+    "histograms over the pixel grid",
+    "l2": "L2 between the same unit-mass grayscale histograms (like for like with W2)",
+    "l2_rgb": "L2 between the RGB images in [0, 1] (the WGAN ground metric)",
+}
+
+
+def unit_mass(histograms: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) nonnegative -> each image divided by its total mass (all-black stays 0)."""
+    mass = histograms.sum(dim=(-2, -1), keepdim=True)
+    return torch.where(mass > 0, histograms / mass.clamp_min(1e-300), histograms)
+
+
 def neighbours_experiment(
-    dataset,
-    data_root,
-    num_queries=20,
-    num_candidates=1000,
-    image_size=32,
-    seed=0,
-    k=9,
-    show=8,
-    device="cpu",
-    progress=False,
-) -> dict:
-    """Fig. 1: the k nearest candidates of each query under L2 (RGB pixel values, the WGAN
-    ground metric) and under W2 (grayscale intensity histograms over the pixel grid), with
-    the share of neighbours that have the query's class, for both metrics."""
-    images, labels, indices = _real_images(
-        dataset, data_root, image_size, num_queries + num_candidates, seed
+    config: TrainConfig, num_queries=10, num_candidates=1000, seed=0, k=9, show=8,
+    allow_training_images=False, device="cpu", progress=False,
+) -> dict:  # fmt: skip
+    """Fig. 1: the k nearest candidates of each query under W2 and under L2 on the same
+    grayscale histograms (and L2 on RGB), on held-out images (`probe_images`), with per
+    query: the share of neighbours in the query's class, and the neighbours' mean
+    intensity against the query's and the candidates' ("L2 neighbours are predominantly
+    white", Fig. 1)."""
+    images, labels, indices, source = probe_images(
+        config, num_queries + num_candidates, seed, allow_training_images
     )
     queries, candidates = images[:num_queries], images[num_queries:]
     gray_q, gray_c = grayscale_histograms(queries), grayscale_histograms(candidates)
     device = select_device(device)
     gray_c_device = gray_c.to(device)
-    w2 = torch.stack(
-        [
-            image_w2_distance(q.to(device), gray_c_device).cpu()
-            for q in tqdm(gray_q, desc="W2 neighbours", disable=not progress)
-        ]
-    )
-    metrics = {
-        "l2": l2_distances(queries.double() / 255, candidates.double() / 255),
-        "l2_gray": l2_distances(gray_q, gray_c),
-        "w2": w2.double(),
+    w2 = [image_w2_distance(q.to(device), gray_c_device).cpu()
+          for q in tqdm(gray_q, desc="W2 neighbours", disable=not progress)]  # fmt: skip
+    distances = {
+        "w2": torch.stack(w2).double(),
+        "l2": l2_distances(unit_mass(gray_q), unit_mass(gray_c)),
+        "l2_rgb": l2_distances(queries.double() / 255, candidates.double() / 255),
     }
+    brightness_c = gray_c.mean(dim=(-2, -1))
     payload = dict(
-        experiment="neighbours",
-        dataset=dataset,
-        data_root=str(data_root),
-        image_size=image_size,
-        num_queries=num_queries,
-        num_candidates=num_candidates,
-        seed=seed,
-        k=k,
-        metric_notes=dict(
-            l2="Euclidean distance between RGB images in [0, 1]",
-            l2_gray="Euclidean distance between the grayscale images W2 sees",
-            w2="image_w2_distance between grayscale images (mean of RGB) as unit-mass "
-            "histograms over the pixel grid, in pixels",
-        ),
-        images="training images (fixed-seed random choice): queries and candidates disjoint",
+        experiment="neighbours", dataset=config.dataset, data_root=str(config.data_root),
+        image_size=config.image_size, num_queries=num_queries, num_candidates=num_candidates,
+        seed=seed, k=k, metric_notes=METRICS, images=source,
         query_indices=indices[:num_queries].tolist(),
         candidate_indices=indices[num_queries:].tolist(),
         query_labels=None if labels is None else labels[:num_queries].tolist(),
-    )
-    for name, distances in metrics.items():
-        order = nearest(distances, k)
+        query_brightness=gray_q.mean(dim=(-2, -1)).tolist(),
+        candidate_brightness=float(brightness_c.mean()),
+    )  # fmt: skip
+    for name, values in distances.items():
+        order = nearest(values, k)
         entry = dict(
-            neighbours=order.tolist(), distances=torch.gather(distances, 1, order).tolist()
-        )
+            neighbours=order.tolist(), distances=torch.gather(values, 1, order).tolist(),
+            brightness_per_query=brightness_c[order].mean(dim=1).tolist(),
+        )  # fmt: skip
         if labels is not None:
             share = class_share(labels[num_queries:][order], labels[:num_queries])
-            entry.update(
-                class_share=float(share.mean()),
-                class_share_std=float(share.std()),
-                class_share_per_query=share.tolist(),
-                neighbour_labels=labels[num_queries:][order].tolist(),
-            )
+            entry.update(class_share_per_query=share.tolist(),
+                         neighbour_labels=labels[num_queries:][order].tolist())  # fmt: skip
         payload[name] = entry
     shown = min(show, num_queries)
     payload["thumbnails"] = dict(
-        shape=list(images.shape[1:]),
-        encoding="base64 of uint8 C*H*W bytes",
+        shape=list(images.shape[1:]), encoding="base64 of uint8 C*H*W bytes",
         queries=[_thumbnail(queries[q]) for q in range(shown)],
-        **{
-            name: [
-                [_thumbnail(candidates[j]) for j in payload[name]["neighbours"][q]]
-                for q in range(shown)
-            ]
-            for name in ("l2", "w2")
-        },
-    )
+        **{name: [[_thumbnail(candidates[j]) for j in payload[name]["neighbours"][q]]
+                  for q in range(shown)] for name in METRICS},
+    )  # fmt: skip
     return payload
 
 
@@ -134,31 +120,36 @@ def neighbours_experiment(
 @click.option("--dataset", default="cifar10", show_default=True)
 @click.option("--data-root", default="data", show_default=True, type=click.Path())
 @click.option("--image-size", default=32, show_default=True, type=int)
-@click.option("--num-queries", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--holdout", default=0, show_default=True, type=click.IntRange(min=0),
+    help="The slice the runs held out (wwgan train --holdout), used when the data has no "
+         "test split.",
+)  # fmt: skip
+@click.option("--allow-training-images", is_flag=True,
+              help="Use training images when there is no test split and no held-out slice.")  # fmt: skip
+@click.option("--num-queries", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--num-candidates", default=1000, show_default=True, type=click.IntRange(min=9))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
-    "--show",
-    default=8,
-    show_default=True,
-    type=click.IntRange(min=1),
+    "--show", default=8, show_default=True, type=click.IntRange(min=1),
     help="Queries kept as thumbnails for the figure.",
-)
+)  # fmt: skip
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
-def cli(out, **options):
-    """The 9 nearest neighbours of real images under L2 and under W2 (Figure 1)."""
+def cli(out, dataset, data_root, image_size, holdout, **options):
+    """The 9 nearest neighbours of held-out real images under W2 and L2 (Figure 1)."""
     started = time.perf_counter()
-    payload = neighbours_experiment(**options, progress=True)
+    config = TrainConfig(dataset=dataset, data_root=data_root, image_size=image_size,
+                         holdout=holdout)  # fmt: skip
+    payload = neighbours_experiment(config, **options, progress=True)
     write_json(payload, out)
-    for name in ("l2", "l2_gray", "w2"):
-        share = payload[name].get("class_share")
-        if share is not None:
-            click.echo(
-                f"{name}: share of neighbours with the query's class {share:.3f} ± "
-                f"{payload[name]['class_share_std']:.3f} over queries"
-            )
-    click.echo(f"wrote {out} ({time.perf_counter() - started:.0f} s)")
+    for name in METRICS:
+        shares = payload[name].get("class_share_per_query")
+        share = f"class share {np.mean(shares):.3f}, " if shares else ""
+        click.echo(f"{name}: {share}neighbour brightness "
+                   f"{np.mean(payload[name]['brightness_per_query']):.3f} (candidates "
+                   f"{payload['candidate_brightness']:.3f}), means over queries")  # fmt: skip
+    click.echo(f"wrote {out} ({payload['images']}; {time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,12 @@
-"""The results table: mean +- 95% CI over seeds for every metric, beside the paper's values.
+"""The results table: every metric per setting and variant, mean +- 95% CI over seeds,
+beside the paper's claim for it.
 
-python scripts/table.py --input RUN/fid_curve.csv ... --input shift.json --out table.md
+    python scripts/table.py --input RUN/fid_curve.csv ... --input shift.json \\
+        --input noise.json --input neighbours.json --out table.md
+
+Reads each run's fid_curve.csv with the config.json and metrics.jsonl beside it, and the
+experiments' JSON; writes table.md and its long-form table.csv (every value behind every
+cell). Columns are the runs' variant labels (`wwgan train --label`), in input order.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import torch
 from wwgan import (
     DATASET_SIZES,
     LOSS_NAMES,
-    LOSSES,
     OPTIMIZER_PRESETS,
     WWGANError,
     read_run_config,
@@ -28,24 +33,45 @@ from wwgan import (
     warn,
 )
 
-PAPER_EPOCH_SECONDS = {"wwgan": 218.1, "wgan-gp": 236.9}
-PAPER_NOTES = {
-    "FID robustness": "≈ 40 for both (Sec. 4.1-4.2)",
-    "FID": "curves only (Fig. 6): comparable",
-    "epoch seconds": "WWGAN 218.1, WGAN-GP 236.9 (Fig. 6; dataset, GPU unstated)",
-    "epoch time ratio": f"{218.1 / 236.9:.3f} (218.1 / 236.9, Fig. 6)",
-    "shift roughness": "no number (Fig. 4: WWGAN continuous, WGAN-GP oscillates)",
-    "noise separation": "no number (Fig. 5: WGAN-GP separates noisy/clean, WWGAN less)",
-    "neighbour class share": "no number (Fig. 1: W2 neighbours look more alike)",
+# What the paper says for each row. It prints two numbers: Fig. 6's caption gives average
+# epoch wall-clock times of 218.1 s and 236.9 s "respectively" after naming WWGAN and
+# WGAN-GP in that order (so WWGAN 218.1, WGAN-GP 236.9 is the likely reading); Fig. 6
+# shows CelebA, and the GPU is unstated. Everything else is a figure.
+CELEBA_EPOCHS = "218.1 s and 236.9 s 'respectively' (Fig. 6, CelebA; likely WWGAN, WGAN-GP)"
+PAPER = {
+    "FID": "curves only (Fig. 6): WWGAN 'comparable' to WGAN-GP",
+    "sliced Wasserstein distance": "",
+    "seconds per epoch": "",
+    "epoch time / WGAN-GP": "",
+    "scale s at the start": "not reported (Def. 10's 1/d_i on intensities: ~45, ours)",
+    "scale s at the end": "",
+    "lambda_eff at the end": "",
+    "critic: snapshot iteration": "trained 'until FID about 40' (Sec. 4.1-4.2)",
+    "critic: snapshot FID": "≈ 40 for both",
+    "critic: snapshot SWD": "",
+    "shift: oscillation": "WWGAN continuous, WGAN-GP 'oscillates wildly' (Fig. 4)",
+    "shift: sign changes": "",
+    "shift: jump within 2 px / spread": "WGAN-GP jumps 'less than 2 pixels away' (Sec. 4.1)",
+    "noise: |Cohen's d| clean vs noisy": "WGAN-GP separates clean/noisy, WWGAN less (Fig. 5)",
+    "noise: gap / real-fake gap": "",
 }
-TABLE_METRICS = (
-    "FID",
-    "sliced Wasserstein distance",
-    "seconds per epoch",
-    "epoch time WWGAN / WGAN-GP",
-    "shift roughness",
-    "noise separation",
-)
+GENERATOR_METRICS = list(PAPER)[:7]
+CRITIC_METRICS = list(PAPER)[7:]
+SHIFT_FIELDS = {
+    "shift: oscillation": "oscillation",
+    "shift: sign changes": "sign_changes",
+    "shift: jump within 2 px / spread": "early_jump",
+}
+NOISE_FIELDS = {
+    "noise: |Cohen's d| clean vs noisy": "abs_cohens_d",
+    "noise: gap / real-fake gap": "relative_gap",
+}
+NEIGHBOUR_ROWS = {
+    "w2": "W2, grayscale histograms",
+    "l2": "L2, the same histograms",
+    "l2_rgb": "L2, RGB",
+}
+BASELINE = LOSS_NAMES["wgan-gp"]  # the label epoch times are compared with
 
 
 def mean_ci95(values) -> tuple[float, float | None]:
@@ -79,9 +105,31 @@ def _optimizer_name(run_config: dict) -> str:
     return "custom"
 
 
+def _label(run_config: dict) -> str:
+    loss = run_config.get("loss", "?")
+    return run_config.get("label") or LOSS_NAMES.get(loss, loss)
+
+
+def _scales(metrics_path: Path) -> list[float]:
+    """The logged norm scales s of a run (metrics.jsonl rows with `norm_scale`)."""
+    values = []
+    if metrics_path.exists():
+        for line in metrics_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if _number(row.get("norm_scale")) is not None:
+                values.append((row["norm_scale"], _number(row.get("lam_effective"))))
+    return values
+
+
+# -- records: one number per metric, setting, variant and seed --
+
+
 def _fid_curve_records(path: Path) -> list[dict]:
-    """Final FID, SWD and epoch time of one run from RUN/fid_curve.csv (its last row)
-    and RUN/config.json (loss, seed, dataset, batch, n_critic, Adam preset)."""
+    """Final FID, SWD, epoch time and measured scale s of one run, from RUN/fid_curve.csv
+    (its last row), RUN/config.json and RUN/metrics.jsonl."""
     try:
         with open(path, newline="") as f:
             rows = [row for row in csv.DictReader(f) if _number(row.get("iteration")) is not None]
@@ -93,115 +141,109 @@ def _fid_curve_records(path: Path) -> list[dict]:
         raise WWGANError(f"{path}: no rows with an iteration; rerun `python scripts/fid.py curve`")
     last = max(rows, key=lambda row: _number(row["iteration"]))
     run = read_run_config(path.parent) or {}
-    optimizer = _optimizer_name(run)
     base = dict(
-        loss=run.get("loss", "?"),
-        seed=run.get("seed"),
-        setting=f"{run.get('dataset', path.parent.name)}, {optimizer} Adam preset",
-    )
-    fid_note = "FID robustness" if optimizer == "robustness" else "FID"
-    records = [
-        dict(base, metric=metric, value=_number(last.get(column)), paper=note)
-        for metric, column, note in (
-            ("FID", "fid", fid_note),
-            ("sliced Wasserstein distance", "swd", None),
-        )
-    ]
+        label=_label(run), seed=run.get("seed"),
+        setting=f"{run.get('dataset', path.parent.name)}, {_optimizer_name(run)} Adam preset",
+    )  # fmt: skip
+    values = {
+        "FID": _number(last.get("fid")),
+        "sliced Wasserstein distance": _number(last.get("swd")),
+    }
     iteration, seconds = _number(last.get("iteration")), _number(last.get("train_seconds"))
     images = run.get("max_images") or DATASET_SIZES.get(run.get("dataset"))
     # An "epoch" as the authors' train.py counts it: one critic batch per loader step, so
     # N / (batch_size * n_critic) generator iterations.
     if iteration and seconds is not None and images and "batch_size" in run:
-        per_epoch = images / (run["batch_size"] * run.get("n_critic", 5))
-        records.append(
-            dict(
-                base,
-                metric="seconds per epoch",
-                value=seconds / iteration * per_epoch,
-                paper="epoch seconds",
-            )
-        )
-    return [r for r in records if r["value"] is not None]
+        per_epoch = (images - run.get("holdout", 0)) / (run["batch_size"] * run.get("n_critic", 5))
+        values["seconds per epoch"] = seconds / iteration * per_epoch
+    scales = _scales(path.parent / "metrics.jsonl")
+    if scales:
+        values.update({"scale s at the start": scales[0][0], "scale s at the end": scales[-1][0],
+                       "lambda_eff at the end": scales[-1][1]})  # fmt: skip
+    return [dict(base, metric=m, value=v) for m, v in values.items() if v is not None]
 
 
-def _experiment_records(path: Path, data: dict, metric: str, field: str) -> list[dict]:
-    """One record per critic from {"runs": [{"loss", "seed", FIELD, ...}, ...]}."""
-    runs = data.get("runs") if isinstance(data, dict) else data
-    setting = data.get("dataset", "critic runs") if isinstance(data, dict) else "critic runs"
+def _experiment_records(path: Path, data: dict, fields: dict) -> list[dict]:
+    """One record per run and field of a shift/noise JSON, plus its matched snapshot."""
     records = []
-    for run in runs if isinstance(runs, list) else []:
-        value = _number(run.get(field)) if isinstance(run, dict) else None
-        if value is not None:
-            records.append(
-                dict(
-                    metric=metric,
-                    setting=str(setting),
-                    loss=run.get("loss", "?"),
-                    seed=run.get("seed"),
-                    value=value,
-                    paper=metric,
-                )
-            )
-    if not records:
-        warn(f"{path}: no runs[*].{field} numbers; not tabulated")
+    for run in data.get("runs", []) if isinstance(data, dict) else []:
+        if not isinstance(run, dict):
+            continue
+        base = dict(label=run.get("label") or LOSS_NAMES.get(run.get("loss"), "?"),
+                    seed=run.get("seed"), setting=f"{run.get('dataset', '?')}, critics")  # fmt: skip
+        values = {name: _number(run.get(field)) for name, field in fields.items()}
+        values.update({
+            "critic: snapshot iteration": _number(run.get("snapshot_iteration")),
+            "critic: snapshot FID": _number(run.get("snapshot_fid")),
+            "critic: snapshot SWD": _number(run.get("snapshot_swd")),
+        })  # fmt: skip
+        records += [dict(base, metric=m, value=v) for m, v in values.items() if v is not None]
+    if not any(r["metric"] in fields for r in records):
+        warn(f"{path}: no runs[*].{'/'.join(fields.values())} numbers; not tabulated")
     return records
 
 
-def results_records(paths) -> tuple[list[dict], dict]:
-    """Per-run records (metric, setting, loss, seed, value, paper) from result files, and
-    the neighbour class shares {"L2": [...], "W2": [...]}."""
-    records, shares = [], {}
+def results_records(paths) -> tuple[list[dict], dict, list[str]]:
+    """Per-run records, the neighbour payload (or None) and notes on how the critics were
+    chosen and what images they saw."""
+    records, neighbours, notes = [], None, []
     for path in map(Path, paths):
         if not path.is_file():
-            raise WWGANError(
-                f"{path}: "
-                + ("a folder, not a result file" if path.is_dir() else "no such result file")
-            )
-        known = "fid_curve.csv, shift.json, noise.json, neighbours.json"
+            raise WWGANError(f"{path}: " + ("a folder, not a result file" if path.is_dir()
+                                            else "no such result file"))  # fmt: skip
         if path.suffix == ".csv":
             records += _fid_curve_records(path)
             continue
         name = path.stem.lower()
         if path.suffix != ".json" or not any(k in name for k in ("shift", "noise", "neighbo")):
-            raise WWGANError(f"{path}: not a result file the table knows ({known})")
+            raise WWGANError(f"{path}: not a result file the table knows (fid_curve.csv, "
+                             f"shift.json, noise.json, neighbours.json)")  # fmt: skip
         try:
             data = json.loads(path.read_text())
         except ValueError as exc:
             raise WWGANError(f"{path}: not valid JSON ({exc})") from exc
-        if "shift" in name:
-            records += _experiment_records(path, data, "shift roughness", "roughness")
-        elif "noise" in name:
-            records += _experiment_records(path, data, "noise separation", "separation")
-        elif "neighbo" in name:
-            for metric, key in (("L2", "l2"), ("W2", "w2")):
-                entry = data.get(key) if isinstance(data, dict) else None
-                value = entry.get("class_share_per_query") if isinstance(entry, dict) else None
-                values = value if isinstance(value, list) else [value]
-                values = [v for v in map(_number, values) if v is not None]
-                if values:
-                    shares[metric] = values
-    return records, shares
+        if "neighbo" in name:
+            neighbours = data if isinstance(data, dict) else None
+            continue
+        records += _experiment_records(
+            path, data, SHIFT_FIELDS if "shift" in name else NOISE_FIELDS
+        )
+        if isinstance(data, dict) and isinstance(data.get("protocol"), dict):
+            protocol = data["protocol"]
+            target = protocol.get("target")
+            notes.append(
+                f"{data.get('experiment', name)}: critics matched on {protocol.get('matched_on')}"
+                + (f" at {target:.4g}" if isinstance(target, (int, float)) else "")
+                + (f" ({protocol['note']})" if protocol.get("note") else "")
+                + f"; images: {data.get('images', '?')}"
+            )
+    return _dedupe(records) + _epoch_ratio_records(records), neighbours, notes
+
+
+def _dedupe(records: list[dict]) -> list[dict]:
+    """Shift and noise both report each critic's snapshot: keep one record of each."""
+    seen, kept = set(), []
+    for r in records:
+        key = (r["metric"], r["setting"], r["label"], r["seed"])
+        if key not in seen:
+            seen.add(key)
+            kept.append(r)
+    return kept
 
 
 def _epoch_ratio_records(records: list[dict]) -> list[dict]:
-    """WWGAN / WGAN-GP epoch time per seed (runs paired by seed within a setting)."""
-    times = {
-        (r["setting"], r["loss"], r["seed"]): r["value"]
-        for r in records
-        if r["metric"] == "seconds per epoch"
-    }
+    """Each variant's epoch time over WGAN-GP's, per seed (paired within a setting)."""
+    times = {(r["setting"], r["label"], r["seed"]): r["value"] for r in records
+             if r["metric"] == "seconds per epoch"}  # fmt: skip
     return [
-        dict(
-            metric="epoch time WWGAN / WGAN-GP",
-            setting=setting,
-            loss="wwgan",
-            seed=seed,
-            value=value / times[(setting, "wgan-gp", seed)],
-            paper="epoch time ratio",
-        )
-        for (setting, loss, seed), value in times.items()
-        if loss == "wwgan" and times.get((setting, "wgan-gp", seed))
-    ]
+        dict(metric="epoch time / WGAN-GP", setting=setting, label=label, seed=seed,
+             value=value / times[(setting, BASELINE, seed)])
+        for (setting, label, seed), value in times.items()
+        if label != BASELINE and times.get((setting, BASELINE, seed))
+    ]  # fmt: skip
+
+
+# -- rendering --
 
 
 def _format_estimate(values: list[float]) -> str:
@@ -209,18 +251,10 @@ def _format_estimate(values: list[float]) -> str:
     return f"{mean:.4g} (n=1)" if half is None else f"{mean:.4g} ± {half:.2g} (n={len(values)})"
 
 
-def _csv_row(metric: str, setting: str, loss: str, values: list[float], paper: str) -> dict:
-    mean, half = mean_ci95(values)
-    return dict(
-        metric=metric,
-        setting=setting,
-        loss=loss,
-        n=len(values),
-        mean=mean,
-        ci95="" if half is None else half,
-        values=";".join(f"{v:.6g}" for v in values),
-        paper=paper,
-    )
+def _paper_note(metric: str, setting: str) -> str:
+    if metric in ("seconds per epoch", "epoch time / WGAN-GP") and setting.startswith("celeba"):
+        return CELEBA_EPOCHS
+    return PAPER.get(metric, "")
 
 
 def _machine() -> str:
@@ -231,65 +265,82 @@ def _machine() -> str:
     )
 
 
-def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
-    """Markdown table OUT (.md) and its long-form CSV beside it: mean ± 95% CI over seeds
-    per metric, setting and loss, with the paper's value where it prints one."""
-
-    records, shares = results_records(paths)
-    if not records and not shares:
-        raise WWGANError(f"no numbers to tabulate in {', '.join(map(str, paths))}")
-    records += _epoch_ratio_records(records)
-    groups: dict = {}
-    for r in records:
-        groups.setdefault((r["metric"], r["setting"]), {}).setdefault(r["loss"], []).append(r)
-    losses = [loss for loss in LOSSES if any(loss in g for g in groups.values())]
-    losses += sorted({loss for g in groups.values() for loss in g} - set(losses))
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def _neighbour_lines(data: dict, csv_rows: list) -> list[str]:
+    """The Fig. 1 table: per ground metric, the class share of the 9 neighbours and their
+    mean intensity, mean ± 95% CI over the queries."""
+    queries = data.get("num_queries", "?")
     lines = [
-        "# wwgan results",
-        "",
-        f"Made {when} by `{command or 'wwgan table'}` on {_machine()}.",
-        "Cells: mean ± half-width of the 95% Student t confidence interval over seeds "
-        "(n runs); n=1: no interval.",
-        "",
-        "| metric | setting | "
-        + " | ".join(LOSS_NAMES.get(loss, loss) for loss in losses)
-        + " | paper |",
-        "|---|---|" + "---|" * len(losses) + "---|",
-    ]
-    settings = list(dict.fromkeys(setting for _, setting in groups))
-    order = sorted(groups, key=lambda key: (settings.index(key[1]), TABLE_METRICS.index(key[0])))
-    csv_rows = []
-    for metric, setting in order:
-        by_loss = groups[(metric, setting)]
-        paper = PAPER_NOTES.get(next(r["paper"] for rs in by_loss.values() for r in rs), "")
+        "", f"Nearest neighbours (Fig. 1; {data.get('images', '?')}): mean ± 95% CI over "
+        f"{queries} queries. Paper: 'L2 nearest neighbors are predominantly white images' "
+        f"(no number). Mean intensity of the candidates: "
+        f"{_number(data.get('candidate_brightness')) or float('nan'):.3f}, of the queries: "
+        f"{np.mean(data.get('query_brightness') or [np.nan]):.3f}.", "",
+        "| ground metric | share of neighbours in the query's class | neighbours' mean "
+        "intensity |", "|---|---|---|",
+    ]  # fmt: skip
+    for key, name in NEIGHBOUR_ROWS.items():
+        entry = data.get(key)
+        if not isinstance(entry, dict):
+            continue
         cells = []
-        for loss in losses:
-            values = [r["value"] for r in by_loss.get(loss, [])]
+        for field, metric in (("class_share_per_query", "neighbour class share"),
+                              ("brightness_per_query", "neighbour mean intensity")):  # fmt: skip
+            values = [v for v in map(_number, entry.get(field) or []) if v is not None]
             cells.append(_format_estimate(values) if values else "")
             if values:
-                csv_rows.append(_csv_row(metric, setting, loss, values, paper))
+                csv_rows.append(_csv_row(metric, f"over {queries} queries", name, values, ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _csv_row(metric, setting, label, values, paper) -> dict:
+    mean, half = mean_ci95(values)
+    return dict(
+        metric=metric, setting=setting, variant=label, n=len(values), mean=mean,
+        ci95="" if half is None else half, values=";".join(f"{v:.6g}" for v in values),
+        paper=paper,
+    )  # fmt: skip
+
+
+def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
+    """Markdown table OUT (.md) and its long-form CSV beside it: mean ± 95% CI over seeds
+    per metric, setting and variant, with the paper's claim where it makes one."""
+    records, neighbours, notes = results_records(paths)
+    if not records and not neighbours:
+        raise WWGANError(f"no numbers to tabulate in {', '.join(map(str, paths))}")
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["metric"], r["setting"]), {}).setdefault(r["label"], []).append(r)
+    labels = list(dict.fromkeys(r["label"] for r in records))
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# wwgan results", "", f"Made {when} by `{command or 'python scripts/table.py'}` on "
+        f"{_machine()}.", "Cells: mean ± half-width of the 95% Student t confidence interval "
+        "over seeds (n runs); n=1: no interval.", *[f"- {note}" for note in notes], "",
+        "| metric | setting | " + " | ".join(labels) + " | paper |",
+        "|---|---|" + "---|" * len(labels) + "---|",
+    ]  # fmt: skip
+    settings = list(dict.fromkeys(setting for _, setting in groups))
+    order = sorted(groups, key=lambda key: (settings.index(key[1]), list(PAPER).index(key[0])))
+    csv_rows = []
+    for metric, setting in order:
+        paper = _paper_note(metric, setting)
+        cells = []
+        for label in labels:
+            values = [r["value"] for r in groups[(metric, setting)].get(label, [])]
+            cells.append(_format_estimate(values) if values else "")
+            if values:
+                csv_rows.append(_csv_row(metric, setting, label, values, paper))
         lines.append(f"| {metric} | {setting} | " + " | ".join(cells) + f" | {paper} |")
-    if shares:
-        paper = PAPER_NOTES["neighbour class share"]
-        lines += [
-            "",
-            "Nearest neighbours (Fig. 1): share of a query's neighbours in its class.",
-            "",
-            "| ground metric | class share | paper |",
-            "|---|---|---|",
-        ]
-        for metric, values in shares.items():
-            lines.append(f"| {metric} | {_format_estimate(values)} | {paper} |")
-            csv_rows.append(_csv_row("neighbour class share", metric, "", values, paper))
+    if neighbours:
+        lines += _neighbour_lines(neighbours, csv_rows)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     csv_path = out.with_suffix(".csv")
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(
-            f, fieldnames=["metric", "setting", "loss", "n", "mean", "ci95", "values", "paper"]
-        )
+        fields = ["metric", "setting", "variant", "n", "mean", "ci95", "values", "paper"]
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(csv_rows)
     return [out, csv_path]
@@ -297,36 +348,30 @@ def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
 
 @click.command(context_settings=dict(help_option_names=["-h", "--help"]))
 @click.option(
-    "--input",
-    "inputs",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True),
-    help="Result files: RUN/fid_curve.csv (with RUN/config.json), shift.json, "
-    "noise.json, neighbours.json.",
-)
+    "--input", "inputs", multiple=True, required=True, type=click.Path(exists=True),
+    help="Result files: RUN/fid_curve.csv (with RUN/config.json and metrics.jsonl), "
+         "shift.json, noise.json, neighbours.json.",
+)  # fmt: skip
 @click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False),
+    "--out", required=True, type=click.Path(dir_okay=False),
     help="Markdown table; the CSV goes beside it (same name, .csv).",
-)
+)  # fmt: skip
 @click.option(
-    "--command",
-    default="",
+    "--command", default="",
     help="The command that produced the results, recorded in the table's header.",
-)
+)  # fmt: skip
 def cli(inputs, out, command):
-    """Results table: mean ± 95% CI over seeds for every metric, beside the paper's values.
+    """Results table: mean ± 95% CI over seeds for every metric, beside the paper's claims.
 
     \b
     Reads (missing fields are skipped with a warning, other files are an error):
-      RUN/fid_curve.csv  last row's fid, swd, train_seconds, iteration; loss, seed,
-                         dataset, batch_size, n_critic, lr/betas from RUN/config.json
-      shift.json         runs[*].{loss, seed, roughness}  (optional top-level dataset)
-      noise.json         runs[*].{loss, seed, separation}  (optional top-level dataset)
-      neighbours.json    {l2, w2}.class_share_per_query: the share of each query's
-                         neighbours with its class (labelled datasets only)
+      RUN/fid_curve.csv  last row's fid, swd, train_seconds, iteration; label, loss, seed,
+                         dataset, batch_size, n_critic, holdout, lr/betas from
+                         RUN/config.json; norm_scale, lam_effective from RUN/metrics.jsonl
+      shift.json         runs[*].{label, seed, oscillation, sign_changes, early_jump,
+                         snapshot_iteration, snapshot_fid, snapshot_swd}, protocol, images
+      noise.json         runs[*].{label, seed, abs_cohens_d, relative_gap, snapshot_*}
+      neighbours.json    {w2, l2, l2_rgb}.{class_share, brightness}_per_query
     """
     for path in write_results_table(inputs, Path(out), command):
         click.echo(f"wrote {path}")

@@ -450,7 +450,7 @@ def test_checkpoint_weights_that_do_not_fit_its_config(finished_run, tmp_path, c
 def test_fid_curve_on_a_folder_that_is_no_run(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a run")
     line = one_error_line(*run_main(capsys, "fid", "curve", tmp_path, "--no-fid", "--no-progress"))
-    assert f"{tmp_path}: no checkpoint.pt and no snapshots/generator_*.pt" in line
+    assert f"{tmp_path}: no checkpoint.pt and no snapshots/snapshot_*.pt" in line
     assert not (tmp_path / "fid_curve.csv").exists()
 
 

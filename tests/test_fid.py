@@ -318,7 +318,7 @@ def test_swd_curve_figures_and_samples(tiny_run, tmp_path, monkeypatch, capsys):
     with monkeypatch.context() as m:
         m.setattr(
             fid,
-            "load_generator_snapshot",
+            "load_models",
             lambda *a, **k: pytest.fail("recomputed a finished snapshot"),
         )
         run_step(

@@ -56,18 +56,23 @@ def test_training_writes_metrics_samples_and_checkpoint(tmp_path, loss):
     state = wwgan.train(tiny_config(tmp_path, loss=loss, snapshot_every=3), progress=False)
     assert state.iteration == 6
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in rows] == [2, 4, 6]
+    assert [r["iteration"] for r in rows] == [1, 2, 4, 6]  # 1: the scale at the start
     for row in rows:
-        for key in ("critic_loss", "generator_loss", "penalty", "grad_norm", "wasserstein"):
+        for key in ("critic_loss", "generator_loss", "penalty", "grad_norm", "wasserstein",
+                    "grad_l2_norm", "norm_scale"):  # fmt: skip
             assert torch.isfinite(torch.tensor(row[key]))
+        # s = constrained norm / ||g||: 1 for the L2 losses, and lambda_eff = lambda * s * t
+        if loss in ("wgan-gp", "lp"):
+            assert row["norm_scale"] == pytest.approx(1.0, rel=1e-6)
+        assert row["lam_effective"] == pytest.approx(10.0 * row["norm_scale"], rel=1e-6)
     assert rows[-1]["train_seconds"] > rows[0]["train_seconds"] > 0
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
         "iter_0000003.png",
         "iter_0000006.png",
     ]
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [
-        "generator_0000003.pt",
-        "generator_0000006.pt",
+        "snapshot_0000003.pt",
+        "snapshot_0000006.pt",
     ]
     checkpoint = wwgan.load_checkpoint(tmp_path / "checkpoint.pt")
     assert checkpoint["iteration"] == 6 and checkpoint["config"]["loss"] == loss
@@ -100,7 +105,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
     assert [by_iteration[r["iteration"]] for r in full_rows] == [
         r["critic_loss"] for r in full_rows
     ]
-    assert sorted(by_iteration) == [2, 3, 4, 6]
+    assert sorted(by_iteration) == [1, 2, 3, 4, 6]
 
 
 def test_resume_falls_back_to_previous_checkpoint_when_latest_is_corrupt(tmp_path, capsys):
