@@ -54,7 +54,14 @@ def schema_error(settings, what):
 def merged(preset, override):
     """`override` merged into `preset` key by key. `--config` hands nested values over as
     strings (YAML's BaseLoader): a string that YAML reads as a number or a boolean
-    becomes one."""
+    becomes one. A list given for a dictionary keeps only those keys (variants=[a, b])."""
+    if isinstance(override, list) and isinstance(preset, dict):  # variants=[a, b]: a subset
+        unknown = [key for key in override if key not in preset]
+        if unknown:
+            raise WorkflowError(
+                f"unknown {', '.join(map(str, unknown))}; choose from {', '.join(preset)}"
+            )
+        return {key: preset[key] for key in override}
     if isinstance(override, dict) and isinstance(preset, dict):
         return {**preset, **{k: merged(preset.get(k), v) for k, v in override.items()}}
     if isinstance(override, list):
@@ -78,8 +85,9 @@ with open(os.path.join(workflow.basedir, "config", "presets", f"{PRESET}.yaml"))
 _error = schema_error(S, f"preset {PRESET!r} with --config overrides")
 if _error:
     raise WorkflowError(_error)
-if S["train"]["snapshot_every"] > S["train"]["iterations"]:
-    raise WorkflowError("train.snapshot_every must not exceed train.iterations")
+for _group in ("train", "critic_runs"):
+    if S[_group]["snapshot_every"] > S[_group]["iterations"]:
+        raise WorkflowError(f"{_group}.snapshot_every must not exceed {_group}.iterations")
 
 RESULTS = f"results/{PRESET}"
 LOGS = f"logs/{PRESET}"

@@ -502,7 +502,9 @@ def subset_indices(n: int, max_images: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:max_images])
 
 
-# -- image files: listing, decoding, caching --
+# ----------------------------------------------------------------------------------------
+# datasets on disk: image folders (listing, decoding, caching), CIFAR-10, CelebA
+# ----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -878,7 +880,20 @@ def load_image_folder(config: TrainConfig):
     )
 
 
-# -- downloads (torchvision's official files and checksums) --
+def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 in [0, 255] -> float in [-1, 1]."""
+    return images_uint8.float().div_(127.5).sub_(1.0)
+
+
+def sample_batch(images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A uniformly random batch (with replacement), drawn on the images' device."""
+    idx = torch.randint(images.shape[0], (batch_size,), device=images.device)
+    return to_unit_range(images[idx])
+
+
+# ----------------------------------------------------------------------------------------
+# downloads (torchvision's official files and checksums)
+# ----------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -977,17 +992,6 @@ def _download_celeba(root: Path, timeout: float) -> Path:
     if count != DATASET_SIZES["celeba"]:
         warn(f"{images_dir} holds {count} images, the official set {DATASET_SIZES['celeba']}")
     return images_dir
-
-
-def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 in [0, 255] -> float in [-1, 1]."""
-    return images_uint8.float().div_(127.5).sub_(1.0)
-
-
-def sample_batch(images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """A uniformly random batch (with replacement), drawn on the images' device."""
-    idx = torch.randint(images.shape[0], (batch_size,), device=images.device)
-    return to_unit_range(images[idx])
 
 
 # ----------------------------------------------------------------------------------------
@@ -1582,7 +1586,9 @@ def _mean_over_ranks(terms: dict, ctx: DistributedContext) -> dict:
     return dict(zip(names, (values / ctx.world_size).unbind()))
 
 
-# -- the training loop --
+# ----------------------------------------------------------------------------------------
+# the training loop (Algorithm 1)
+# ----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -1871,7 +1877,9 @@ def _check_step(config: TrainConfig, state: TrainState, terms: dict, ckpt_path: 
     raise WWGANError(f"non-finite {bad} at iteration {state.iteration + 1}{kept}")
 
 
-# -- finished runs: weights, samples --
+# ----------------------------------------------------------------------------------------
+# finished runs: snapshots, weights, samples
+# ----------------------------------------------------------------------------------------
 
 
 def snapshot_path(run_dir: str | Path, iteration: int) -> Path:

@@ -157,8 +157,8 @@ def test_torchrun_two_gloo_processes_train_and_only_rank0_writes(tmp_path):
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     assert checkpoint["iteration"] == 4
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == [
-        "generator_0000002.pt",
-        "generator_0000004.pt",
+        "snapshot_0000002.pt",
+        "snapshot_0000004.pt",
     ]
     # the DDP checkpoint loads into the plain models
     config, generator, critic = wwgan.load_run(out)

@@ -451,7 +451,7 @@ def test_fid_curve_equals_fid_of_pytorch_fid_features_of_png_files(
     real_dir.mkdir(), fake_dir.mkdir()
     real = fid.real_image_subset("shapes", "data", 32, n)  # the images fid-stats scored
     assert real.shape == (n, 3, 32, 32) and len(torch.unique(real.flatten(1), dim=0)) == n
-    snapshot = torch.load(tiny_run / "snapshots" / "generator_0000004.pt", weights_only=False)
+    snapshot = torch.load(tiny_run / "snapshots" / "snapshot_0000004.pt", weights_only=False)
     generator = wwgan.Generator(32, 3, 16, 128)
     generator.load_state_dict(snapshot["generator"])
     generator.eval()

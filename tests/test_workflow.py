@@ -105,8 +105,8 @@ def test_dry_run_of_both_presets_builds_the_whole_graph_offline(tmp_path):
     paper = snakemake(tmp_path, "-n", "-p", "--cores", "all")
     assert paper.returncode == 0, paper.stdout + paper.stderr
     counts = job_counts(paper.stdout)
-    # 2 datasets x 2 losses x 3 seeds FID runs + 2 losses x 3 seeds critic runs (CIFAR-10)
-    assert counts["train"] == 18 and counts["fid_curve"] == 18
+    # 2 datasets x 4 variants x 3 seeds FID runs + 4 variants x 3 seeds critic runs (CIFAR-10)
+    assert counts["train"] == 36 and counts["fid_curve"] == 36
     assert counts["download"] == 2 and counts["fid_stats"] == 2 and counts["fid_weights"] == 1
     # fid-curves and samples for each dataset, shift, noise, neighbours, motivating example
     assert counts["figure"] == 8 and counts["table"] == 1 and counts["bench"] == 1
@@ -121,11 +121,20 @@ def test_dry_run_of_both_presets_builds_the_whole_graph_offline(tmp_path):
     ):
         assert f"figures/{figure}.pdf" in paper.stdout
     assert "--optimizer robustness" in paper.stdout and "--iterations 100000" in paper.stdout
+    assert "--lam 450" in paper.stdout and "--density-scale unit-mass" in paper.stdout
+
+    cpu = snakemake(tmp_path, "-n", "-p", "--cores", "all", "--config", "preset=cpu")
+    assert cpu.returncode == 0, cpu.stdout + cpu.stderr
+    counts = job_counts(cpu.stdout)
+    # the CPU preset: 4 variants x 3 seeds on CIFAR-10, whose critics are probed too
+    assert counts["train"] == 12 and counts["fid_curve"] == 12 and counts["shift"] == 1
+    assert "--holdout 1000" in cpu.stdout and "--match fid --target 40" in cpu.stdout
 
     smoke = snakemake(tmp_path, "-n", "-p", "--cores", "all", "--config", "preset=smoke")
     assert smoke.returncode == 0, smoke.stdout + smoke.stderr
     counts = job_counts(smoke.stdout)
-    assert counts["train"] == 8 and counts["figure"] == 6 and counts["table"] == 1
+    # 4 variants x 2 seeds, FID runs and critic runs
+    assert counts["train"] == 16 and counts["figure"] == 6 and counts["table"] == 1
     # offline: nothing to download, SWD only, no Inception statistics
     assert not {"download", "fid_weights", "fid_stats", "bench"} & set(counts)
     assert "--no-fid" in smoke.stdout and "results/smoke/figures/shift.png" in smoke.stdout
@@ -143,9 +152,9 @@ def test_rerun_recomputes_nothing_and_a_changed_setting_reruns_only_its_runs(tmp
         "--config",
         "preset=smoke",
         "seeds=[0]",
-        "losses=[wwgan]",
+        "variants=[wwgan]",
         "train={iterations: 2, snapshot_every: 1}",
-        "critic_runs={iterations: 2}",
+        "critic_runs={iterations: 2, snapshot_every: 2}",
     ]
     done = snakemake(tmp_path, "--cores", "2", "--until", "train", *tiny)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -166,7 +175,7 @@ def test_rerun_recomputes_nothing_and_a_changed_setting_reruns_only_its_runs(tmp
         "--until",
         "train",
         *tiny[:-1],
-        "critic_runs={iterations: 2, optimizer: fid}",
+        "critic_runs={iterations: 2, snapshot_every: 2, optimizer: fid}",
     )
     assert job_counts(changed.stdout)["train"] == 1
     (planned,) = re.findall(r"output: (\S+/train\.done)", changed.stdout)
@@ -182,7 +191,7 @@ def test_rerun_recomputes_nothing_and_a_changed_setting_reruns_only_its_runs(tmp
         "train",
         *tiny[:-2],
         "train={iterations: 4, snapshot_every: 1}",
-        "critic_runs={iterations: 2}",
+        "critic_runs={iterations: 2, snapshot_every: 2}",
     )
     assert re.findall(r"output: (\S+/train\.done)", longer.stdout) == [
         str(markers[1].relative_to(tmp_path))
@@ -199,10 +208,10 @@ TWO_RUNS = [
     "--config",
     "preset=smoke",
     "seeds=[0]",
-    "losses=[wwgan]",
+    "variants=[wwgan]",
     "train={iterations: 24, snapshot_every: 12, "
     "extra_args: '--max-images 64 --checkpoint-every 2 --log-every 2'}",
-    "critic_runs={iterations: 24}",
+    "critic_runs={iterations: 24, snapshot_every: 24}",
 ]
 
 
@@ -331,7 +340,7 @@ def test_a_failed_job_leaves_nothing_a_later_rule_would_take_for_done(tmp_path):
     being touched only after success, while its sibling finishes (--keep-going); a
     fid_curve job that fails after writing part of its CSV leaves no CSV (Snakemake
     removes a failed job's outputs). Once fixed, only the failed training runs again."""
-    no_data = [*TWO_RUNS[:-1], "critic_runs={iterations: 24, dataset: folder}"]
+    no_data = [*TWO_RUNS[:-1], "critic_runs={iterations: 24, snapshot_every: 24, dataset: folder}"]
     failed = snakemake(tmp_path, "--cores", "1", "--keep-going", "--until", "train", *no_data)
     assert failed.returncode != 0
     assert "Error in rule train" in failed.stdout + failed.stderr
@@ -346,7 +355,7 @@ def test_a_failed_job_leaves_nothing_a_later_rule_would_take_for_done(tmp_path):
     trained = files_with_times(fid_run)
 
     # fid-curve scores snapshot 12, writes the CSV, then meets a torn snapshot 24
-    (fid_run / "snapshots" / "generator_0000024.pt").write_bytes(b"torn by a crash")
+    (fid_run / "snapshots" / "snapshot_0000024.pt").write_bytes(b"torn by a crash")
     curve = str((fid_run / "fid_curve.csv").relative_to(tmp_path))
     failed = snakemake(tmp_path, "--cores", "1", curve, *TWO_RUNS)
     text = failed.stdout + failed.stderr
@@ -355,14 +364,14 @@ def test_a_failed_job_leaves_nothing_a_later_rule_would_take_for_done(tmp_path):
     assert "Removing output files of failed job fid_curve" in text and curve in text
     assert not (fid_run / "fid_curve.csv").exists()
     (log,) = tmp_path.glob("logs/smoke/runs/fid/*/*/*/seed0/fid_curve.log")
-    assert "generator_0000024.pt: not a readable wwgan checkpoint" in log.read_text()
+    assert "snapshot_0000024.pt: not a readable wwgan checkpoint" in log.read_text()
 
     # fixed: the critic runs on data that exists; the finished FID run is left alone
     fixed = snakemake(tmp_path, "--cores", "1", "--until", "train", *TWO_RUNS)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert job_counts(fixed.stdout + fixed.stderr) == {"train": 1, "total": 1}
     assert list(runs.glob("critic/shapes/wwgan/*/seed0/train.done"))
-    trained.pop("snapshots/generator_0000024.pt")  # torn above
+    trained.pop("snapshots/snapshot_0000024.pt")  # torn above
     after = files_with_times(fid_run)
     assert {name: after[name] for name in trained} == trained
 
@@ -385,9 +394,20 @@ def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
         for ext in ("png", "pdf"):
             assert (figures / f"{name}.{ext}").stat().st_size > 0, name
     table = (tmp_path / "results" / "smoke" / "table.md").read_text()
-    for metric in ("sliced Wasserstein distance", "shift roughness", "noise separation", "L2"):
+    for metric in ("sliced Wasserstein distance", "scale s at the start", "shift: oscillation",
+                   "noise: |Cohen's d|", "critic: snapshot SWD", "L2, the same histograms"):  # fmt: skip
         assert metric in table
     assert re.search(r"± [\d.e+-]+ \(n=2\)", table)  # 2 seeds give a confidence interval
+    assert "matched on swd" in table and "shapes test draw" in table
+    # the reproducibility report: every figure with its caption, the table, the settings
+    report = snakemake(tmp_path, "--config", "preset=smoke", "--report", str(tmp_path / "r.zip"))
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    import zipfile
+
+    names = zipfile.ZipFile(tmp_path / "r.zip").namelist()
+    assert any(n.endswith("shift.png") for n in names) and any(
+        n.endswith("table.csv") for n in names
+    )
     again = snakemake(tmp_path, "-n", "--cores", "2", "--config", "preset=smoke")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     # a changed WWGAN setting reruns the WWGAN runs and what reads them, nothing else
@@ -398,7 +418,7 @@ def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
         "2",
         "--config",
         "preset=smoke",
-        'loss_args={wwgan: "--lipschitz-target 2.0"}',
+        'variants={wwgan: {args: "--density-scale intensity --lipschitz-target 2.0"}}',
     )
     counts = job_counts(changed.stdout)
     assert counts["train"] == 4 and counts["fid_curve"] == 4 and counts["samples"] == 1
