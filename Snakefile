@@ -371,10 +371,18 @@ rule fid_curve:
         stats=lambda w, input: f"--stats {input.stats[0]}" if S["fid"] else "--no-fid",
         root=lambda w, input: data_root(input),
         num_samples=S["curve_samples"],
+        # Snakemake deletes a failed job's output; the scored snapshots of an interrupted
+        # job stay in this file (one per sample count), which the rerun resumes from.
+        partial=lambda w, output: shlex.quote(
+            os.path.join(
+                os.path.dirname(output[0]), f".fid_curve-{S['curve_samples']}.partial.csv"
+            )
+        ),
     shell:
         'OMP_NUM_THREADS={threads} python "$SCRIPTS/fid.py" curve {params.run} {params.stats} '
         "--dataset {wildcards.dataset} --data-root {params.root} "
-        "--num-samples {params.num_samples} --out {output} > {log} 2>&1"
+        "--num-samples {params.num_samples} --out {params.partial} > {log} 2>&1 && "
+        "mv {params.partial} {output}"
 
 
 rule samples:

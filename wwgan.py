@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
 import math
 import os
 import random
+import signal
 import socket
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,8 +53,8 @@ __all__ = [  # by section, in pipeline order
     "inverse_normalized_degree", "laplacian_quadratic_form", "authors_quadratic_form",
     "images_to_density", "gradient_norm", "gradient_penalty",
     "penalty_settings", "make_optimizers", "critic_objective", "critic_step",
-    "generator_step", "train", "load_checkpoint", "load_latest_checkpoint",
-    "read_run_config",
+    "generator_step", "train", "TrainingInterrupted", "STOP_SIGNALS", "EXIT_STOPPED",
+    "load_checkpoint", "load_latest_checkpoint", "read_run_config",
     "snapshot_paths", "load_models", "load_run", "generated_batches", "images_to_uint8",
     "sample_grid",
     "cli", "main", "run_cli",
@@ -174,6 +177,12 @@ class TrainConfig:
     log_every: int = option(50, "", type=click.IntRange(min=1))
     sample_every: int = option(1000, "", type=click.IntRange(min=0))
     checkpoint_every: int = option(500, "", type=click.IntRange(min=1))
+    checkpoint_minutes: float = option(
+        10.0,
+        "Also checkpoint when this many minutes have passed since the last one (0: only "
+        "every --checkpoint-every iterations).",
+        type=click.FloatRange(min=0),
+    )
     snapshot_every: int = option(
         0,
         "Keep a snapshot of both models every N iterations (FID curves, FID-matched "
@@ -1430,20 +1439,80 @@ def atomic_torch_save(obj: Any, path: Path, keep_previous: bool = False) -> None
         ) from exc
 
 
-def make_run_dir(out: Path) -> None:
-    """Create OUT and write a probe file in it, so that an unwritable --out fails at once
-    with its name instead of at the first checkpoint (root ignores permission bits, so
-    only a real write tells)."""
-    probe = out / f".write-test.tmp-{os.getpid()}"  # a kill leaves it to the stale sweep
+def claim_run_dir(out: Path):
+    """Create OUT, lock it for this trainer and write a probe file in it, so that an
+    unwritable --out fails at once with its name instead of at the first checkpoint
+    (root ignores permission bits, so only a real write tells). Returns the lock, held
+    while the returned file stays open: an exclusive flock on OUT/.lock, which records
+    the holder's pid. A second trainer is refused in one line naming the holder, before
+    it writes anything; the kernel drops the lock when its process dies, even by kill -9,
+    so a killed trainer's directory is usable again at once."""
     try:
         out.mkdir(parents=True, exist_ok=True)
+        lock_file = open(out / ".lock", "a+")  # noqa: SIM115 -- held open for the whole run
+    except OSError as exc:
+        raise _unwritable(out, exc) from exc
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "unknown"
+        lock_file.close()
+        raise WWGANError(
+            f"run directory {out} is in use by another trainer (pid {holder}); wait for it "
+            f"to finish or stop it (it checkpoints on SIGTERM), or pass another --out"
+        ) from None
+    probe = out / f".write-test.tmp-{os.getpid()}"  # a kill leaves it to the stale sweep
+    try:
+        lock_file.truncate(0)
+        lock_file.write(f"{os.getpid()}\n")
+        lock_file.flush()
         probe.touch()
         probe.unlink()
     except OSError as exc:
-        raise WWGANError(
-            f"cannot write to the run directory {out} ({exc.strerror or exc}); "
-            f"pass a writable --out"
-        ) from exc
+        lock_file.close()
+        raise _unwritable(out, exc) from exc
+    return lock_file
+
+
+def _unwritable(out: Path, exc: OSError) -> WWGANError:
+    return WWGANError(
+        f"cannot write to the run directory {out} ({exc.strerror or exc}); pass a writable --out"
+    )
+
+
+# SIGTERM: SLURM preemption, scancel, time limits, Snakemake, docker stop, systemd;
+# SIGINT: Ctrl-C; SIGUSR1: SLURM's pre-timeout signal (sbatch --signal=USR1@90).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on a signal with a checkpoint; rerun to resume
+
+
+class TrainingInterrupted(WWGANError):
+    """Training stopped on a signal after writing a checkpoint (exit status EXIT_STOPPED)."""
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Within the block, STOP_SIGNALS only append their number to the yielded list (the
+    loop stops at the next iteration boundary, after a checkpoint); a second signal while
+    that checkpoint is written changes nothing, the write being atomic. Outside the main
+    thread (no signal handlers there) the list stays empty."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def note(signum, frame):
+        if received:
+            click.echo(f"wwgan: {signal.Signals(signum).name} again: still stopping", err=True)
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, note) for sig in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
@@ -1618,6 +1687,11 @@ class _Loop:
     step_ddp_generator: nn.Module = None  # trained by the generator step
     step_critic: nn.Module = None  # read by the generator step
     metrics_file: Any = None
+    lock_file: Any = None  # rank 0's lock on OUT, held until train() returns
+    stop: list = field(default_factory=list)  # signals received (stop_requests)
+    checkpointed_at: int = -1  # the iteration of the last checkpoint written or resumed
+    checkpointed_time: float = 0.0  # and when (time.monotonic())
+    checkpoint_due: bool = False  # by --checkpoint-minutes, agreed by all ranks
 
     @property
     def checkpoint_path(self) -> Path:
@@ -1662,7 +1736,7 @@ def _setup(config: TrainConfig, ctx: DistributedContext, device: torch.device):
         )
     out = Path(config.out)
     images = load_dataset(config)  # before creating OUT: missing data leaves nothing behind
-    make_run_dir(out)
+    lock_file = claim_run_dir(out) if ctx.is_main else None
     if tuple(images.shape[1:]) != (config.channels, config.image_size, config.image_size):
         raise WWGANError(
             f"dataset images are {tuple(images.shape[1:])}, the model expects "
@@ -1682,6 +1756,7 @@ def _setup(config: TrainConfig, ctx: DistributedContext, device: torch.device):
     loop = _Loop(
         config, ctx, device, images.to(device), config.batch_size // ctx.world_size, fixed_z, out
     )
+    loop.lock_file = lock_file
     return state, loop
 
 
@@ -1689,8 +1764,10 @@ def _resume(state: TrainState, loop: _Loop) -> None:
     """Continue from OUT/checkpoint.pt (or its previous copy) when there is one: weights,
     optimizers, iteration, clock and every RNG state, so a resumed run is bit-identical
     to an uninterrupted one on CPU. Metric rows past the checkpoint are dropped."""
-    for stale in [*loop.out.glob(".*.tmp-*"), *loop.out.glob("snapshots/.*.tmp-*")]:
-        stale.unlink()  # left by a run killed mid-write (kill -9 skips its cleanup)
+    if loop.ctx.is_main:  # other ranks hold no lock: the files are rank 0's
+        for stale in [*loop.out.glob(".*.tmp-*"), *loop.out.glob("snapshots/.*.tmp-*")]:
+            stale.unlink()  # left by a run killed mid-write (kill -9 skips its cleanup)
+    loop.checkpointed_time = time.monotonic()
     checkpoint = load_latest_checkpoint(loop.checkpoint_path, map_location=loop.device)
     if checkpoint is None:
         return
@@ -1700,6 +1777,7 @@ def _resume(state: TrainState, loop: _Loop) -> None:
     state.generator_opt.load_state_dict(checkpoint["generator_opt"])
     state.critic_opt.load_state_dict(checkpoint["critic_opt"])
     state.iteration, state.train_seconds = checkpoint["iteration"], checkpoint["train_seconds"]
+    loop.checkpointed_at = state.iteration
     set_rng_state(checkpoint["rng"])
     if loop.ctx.is_main:
         _truncate_metrics(loop.out / "metrics.jsonl", state.iteration)
@@ -1739,6 +1817,7 @@ def _generator_iteration(state: TrainState, loop: _Loop) -> tuple[dict, dict]:
         or next_it in (1, config.iterations)
         or _is_interval(next_it, config.log_every)
         or _is_interval(next_it, config.checkpoint_every)
+        or loop.checkpoint_due
     )
     for _ in range(config.n_critic):
         terms = critic_step(
@@ -1795,8 +1874,54 @@ def _write_outputs(state: TrainState, loop: _Loop, terms: dict, bar) -> None:
             config=config.to_dict(),
         )
         atomic_torch_save(snapshot, snapshot_path(loop.out, it))
-    if _is_interval(it, config.checkpoint_every) or last:
-        atomic_torch_save(_checkpoint_dict(state, config), loop.checkpoint_path, keep_previous=True)
+    if _is_interval(it, config.checkpoint_every) or last or loop.checkpoint_due:
+        _save_checkpoint(state, loop)
+
+
+def _save_checkpoint(state: TrainState, loop: _Loop) -> None:
+    loop.metrics_file.flush()
+    atomic_torch_save(
+        _checkpoint_dict(state, loop.config), loop.checkpoint_path, keep_previous=True
+    )
+    loop.checkpointed_at, loop.checkpointed_time = state.iteration, time.monotonic()
+
+
+def _at_boundary(loop: _Loop) -> bool:
+    """Between two generator iterations: set loop.checkpoint_due (--checkpoint-minutes)
+    and return whether to stop (a signal). Under DDP the ranks agree (one all-reduce), so
+    that all stop after the same iteration and all run the NaN check before a checkpoint."""
+    minutes = loop.config.checkpoint_minutes
+    due = minutes > 0 and time.monotonic() - loop.checkpointed_time >= 60 * minutes
+    flags = [float(due), float(bool(loop.stop))]
+    if loop.ctx.world_size > 1:
+        import torch.distributed as dist
+
+        tensor = torch.tensor(flags, device=loop.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        flags = tensor.tolist()
+    loop.checkpoint_due = bool(flags[0])
+    return bool(flags[1])
+
+
+def _stop(state: TrainState, loop: _Loop) -> None:
+    """A signal arrived: checkpoint the last finished iteration (unless that is the
+    checkpoint on disk) and raise TrainingInterrupted, which the CLI turns into one line
+    and exit status EXIT_STOPPED. Weights gone non-finite in an iteration that the CUDA
+    loop did not check are not saved: the last good checkpoint stays."""
+    name = signal.Signals(loop.stop[0]).name if loop.stop else "a signal on another rank"
+    path = loop.checkpoint_path
+    if loop.ctx.is_main and loop.checkpointed_at != state.iteration:
+        modules = (state.generator, state.critic)
+        if not all(torch.isfinite(p).all() for m in modules for p in m.parameters()):
+            raise WWGANError(
+                f"stopped by {name}: weights are non-finite at iteration {state.iteration}; "
+                f"last good checkpoint kept at {path}"
+            )
+        _save_checkpoint(state, loop)
+    raise TrainingInterrupted(
+        f"stopped by {name} after iteration {state.iteration} of {loop.config.iterations}: "
+        f"checkpoint {path}; rerun the same command to resume"
+    )
 
 
 def train(config: TrainConfig, progress: bool = True) -> TrainState:
@@ -1810,11 +1935,14 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
     (statistics over the whole batch, as in one process); on CPU (gloo, no SyncBatchNorm)
     each rank normalizes with its own share's statistics."""
     ctx, device = init_distributed(select_device(config.device))
+    loop = None
     try:
-        state, loop = _setup(config, ctx, device)
-        _resume(state, loop)
-        _wrap_models(state, loop)
         with contextlib.ExitStack() as stack:
+            stop = stack.enter_context(stop_requests())
+            state, loop = _setup(config, ctx, device)
+            loop.stop = stop
+            _resume(state, loop)
+            _wrap_models(state, loop)
             if ctx.is_main:
                 (loop.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
                 (loop.out / "samples").mkdir(exist_ok=True)
@@ -1832,6 +1960,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
             )
             stack.enter_context(gpu_performance_flags(device, config.tf32, config.cudnn_benchmark))
             while state.iteration < config.iterations:
+                if _at_boundary(loop):
+                    _stop(state, loop)
                 started = time.perf_counter()
                 terms, g_terms = _generator_iteration(state, loop)
                 state.train_seconds += time.perf_counter() - started
@@ -1840,6 +1970,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
                 if ctx.is_main:
                     _write_outputs(state, loop, {**terms, **g_terms}, bar)
     finally:
+        if loop is not None and loop.lock_file is not None:
+            loop.lock_file.close()
         if ctx.owns_group:
             import torch.distributed as dist
 
@@ -1980,15 +2112,30 @@ def write_sample_grid(
 # ----------------------------------------------------------------------------------------
 
 
+def _sigterm_interrupts(signum, frame):
+    raise KeyboardInterrupt(signum)
+
+
 def run_cli(command: click.Command, argv=None, prog_name: str | None = None) -> None:
     """Run a click command as a console entry point: a WWGANError or an OSError becomes one
     `wwgan: error:` line on stderr and exit status 1; usage errors exit 2 (click's own
-    message); Ctrl-C exits 130. Every script of the workflow ends with this."""
+    message). Training stopped by a signal exits EXIT_STOPPED after its checkpoint; any
+    other command stops on Ctrl-C or SIGTERM like on Ctrl-C (its atomic writes leave each
+    file finished or absent) and exits 128 + the signal. Every script ends with this."""
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm_interrupts) if on_main_thread else None
     try:
         command.main(args=argv, prog_name=prog_name, standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
+    except TrainingInterrupted as exc:
+        click.echo(f"wwgan: {exc}", err=True)
+        sys.exit(EXIT_STOPPED)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:  # click wraps Ctrl-C in Abort
+        cause = exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc
+        args = getattr(cause, "args", ())
+        signum = args[0] if args and isinstance(args[0], int) else signal.SIGINT
+        name = signal.Signals(signum).name
+        click.echo(f"wwgan: stopped by {name}; rerun the same command to resume", err=True)
+        sys.exit(128 + signum)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -1999,9 +2146,9 @@ def run_cli(command: click.Command, argv=None, prog_name: str | None = None) -> 
         where = f": {exc.filename}" if exc.filename else ""
         click.echo(f"wwgan: error: {exc.strerror or exc}{where}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("wwgan: interrupted; rerun the same command to resume", err=True)
-        sys.exit(130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 _CLICK_TYPES = {"int": int, "float": float, "str": str}

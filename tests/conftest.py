@@ -98,6 +98,15 @@ def run_step(program: str, *argv) -> None:
     command.main(args=[str(a) for a in argv], standalone_mode=False)
 
 
+def files_with_times(folder: Path) -> dict:
+    """{relative path: (mtime_ns, bytes)} of every file under folder."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
 def one_error_line(code, err: str) -> str:
     """The single `wwgan: error:` line of a wwgan error (exit status 1), checked."""
     assert "Traceback" not in err, err

@@ -11,11 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 import torch
 
 import wwgan
-from conftest import tiny_config
+from conftest import files_with_times, one_error_line, tiny_config
 
 ROOT = Path(wwgan.__file__).resolve().parent
 TRAIN_ARGS = [
@@ -46,28 +47,44 @@ TRAIN_ARGS = [
 ]
 
 # Runs the CLI; with KILL_DURING_SAVE=k it SIGKILLs itself in the middle of writing the
-# k-th checkpoint (after part of the bytes reached the temporary file).
+# k-th checkpoint (after part of the bytes reached the temporary file). With SIGNAL=NAME it
+# sends itself that signal in the c-th critic step (SIGNAL_AT_CRITIC_STEP=c) or in the
+# middle of the k-th checkpoint write (SIGNAL_DURING_SAVE=k, twice with SIGNAL_TWICE=1).
 HARNESS = f"""
 import os, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
 import torch, wwgan
-kill_at = int(os.environ.get("KILL_DURING_SAVE", "0"))
-real_save, calls = torch.save, [0]
+env = lambda name: int(os.environ.get(name, "0"))
+kill_at, signal_save, signal_step = (
+    env("KILL_DURING_SAVE"), env("SIGNAL_DURING_SAVE"), env("SIGNAL_AT_CRITIC_STEP")
+)
+sig = getattr(signal, os.environ.get("SIGNAL", "SIGTERM"))
+real_save, real_step, saves, steps = torch.save, wwgan.critic_step, [0], [0]
 def dying_save(obj, f, *args, **kwargs):
-    calls[0] += 1
-    if calls[0] == kill_at:
+    saves[0] += 1
+    if saves[0] in (kill_at, signal_save):
         f.write(b"partial checkpoint" * 500)
         f.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+        if saves[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        for _ in range(1 + env("SIGNAL_TWICE")):
+            os.kill(os.getpid(), sig)
+        f.seek(0)
+        f.truncate()
     return real_save(obj, f, *args, **kwargs)
-torch.save = dying_save
+def signalled_step(*args, **kwargs):
+    steps[0] += 1
+    if steps[0] == signal_step:
+        os.kill(os.getpid(), sig)
+    return real_step(*args, **kwargs)
+torch.save, wwgan.critic_step = dying_save, signalled_step
 wwgan.main(sys.argv[1:])
 """
 
 
-def final_weights(out):
+def final_weights(out, iterations=80):
     checkpoint = wwgan.load_checkpoint(Path(out) / "checkpoint.pt")
-    assert checkpoint["iteration"] == 80
+    assert checkpoint["iteration"] == iterations
     return {
         **{"g." + k: v for k, v in checkpoint["generator"].items()},
         **{"d." + k: v for k, v in checkpoint["critic"].items()},
@@ -75,10 +92,11 @@ def final_weights(out):
     }
 
 
-def start(harness, out, kill_during_save=0):
+def start(harness, out, kill_during_save=0, args=(), **signal_env):
     env = {**os.environ, "KILL_DURING_SAVE": str(kill_during_save), "OMP_NUM_THREADS": "1"}
+    env.update({k: str(v) for k, v in signal_env.items()})
     return subprocess.Popen(
-        [sys.executable, str(harness), *TRAIN_ARGS, "--out", str(out)],
+        [sys.executable, str(harness), *TRAIN_ARGS, "--out", str(out), *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -166,3 +184,129 @@ def test_killed_between_the_two_renames_resumes_from_previous(tmp_path, capsys):
         == 6
     )
     assert "resuming from" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# signals: checkpoint at the last finished iteration, exit EXIT_STOPPED, resume exactly
+# ---------------------------------------------------------------------------------------
+SHORT = ["--iterations", "12"]  # checkpoints at 3, 6, 9, 12; n_critic 2
+
+
+@pytest.fixture(scope="module")
+def short_reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("signals")
+    harness = folder / "harness.py"
+    harness.write_text(HARNESS)
+    proc = start(harness, folder / "reference", args=SHORT)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    return harness, final_weights(folder / "reference", iterations=12)
+
+
+@pytest.mark.parametrize(
+    "sig, moment, at, stopped_after",
+    [
+        ("SIGTERM", "critic step", 9, 5),  # the 9th critic step is in iteration 5
+        ("SIGINT", "critic step", 2, 1),
+        ("SIGUSR1", "critic step", 15, 8),
+        ("SIGTERM", "checkpoint write", 2, 6),  # the 2nd checkpoint is iteration 6's
+    ],
+)
+def test_a_signal_checkpoints_the_iteration_it_interrupted_and_resume_is_exact(
+    short_reference, tmp_path, sig, moment, at, stopped_after
+):
+    harness, want = short_reference
+    out = tmp_path / "run"
+    where = "SIGNAL_AT_CRITIC_STEP" if moment == "critic step" else "SIGNAL_DURING_SAVE"
+    twice = int(moment == "checkpoint write")  # a second signal while the file is written
+    proc = start(harness, out, args=SHORT, SIGNAL=sig, SIGNAL_TWICE=twice, **{where: at})
+    assert proc.wait(timeout=600) == wwgan.EXIT_STOPPED
+    err = proc.stderr.read()
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert lines[-1] == (
+        f"wwgan: stopped by {sig} after iteration {stopped_after} of 12: checkpoint "
+        f"{out / 'checkpoint.pt'}; rerun the same command to resume"
+    )
+    assert len(lines) == 1 + twice and (not twice or f"{sig} again" in lines[0]), err
+    assert wwgan.load_checkpoint(out / "checkpoint.pt")["iteration"] == stopped_after
+    if stopped_after > 3:
+        previous = wwgan.load_checkpoint(out / "checkpoint.prev.pt")["iteration"]
+        assert previous == 3 * ((stopped_after - 1) // 3)
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert [int(r.split('"iteration": ')[1].split(",")[0]) for r in rows] == list(
+        range(1, stopped_after + 1)
+    )  # flushed up to the stop, every row whole
+    assert not list(out.glob(".*tmp*"))
+
+    resumed = start(harness, out, args=SHORT)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    got = final_weights(out, iterations=12)
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+
+
+def test_one_trainer_per_run_directory_and_a_killed_ones_is_free_at_once(tmp_path):
+    harness = tmp_path / "harness.py"
+    harness.write_text(HARNESS)
+    out = tmp_path / "run"
+    holder = start(harness, out, args=["--iterations", "100000"])
+    wait_for_training(out, holder)
+    holder.send_signal(signal.SIGSTOP)  # holds its lock; writes nothing while we look
+    try:
+        before = files_with_times(out)
+        second = start(harness, out)
+        code, err = second.wait(timeout=120), second.stderr.read()
+        line = one_error_line(code, err)
+        assert line == (
+            f"wwgan: error: run directory {out} is in use by another trainer (pid "
+            f"{holder.pid}); wait for it to finish or stop it (it checkpoints on SIGTERM), "
+            f"or pass another --out"
+        )
+        assert files_with_times(out) == before  # refused before writing anything
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    third = start(harness, out)  # kill -9 leaves no stale lock
+    assert third.wait(timeout=600) == 0, third.stderr.read()
+    assert wwgan.load_checkpoint(out / "checkpoint.pt")["iteration"] == 80
+
+
+def test_checkpoint_minutes_adds_checkpoints_by_wall_clock(tmp_path, monkeypatch):
+    clock, saved = [0.0], []
+    real_save, real_generator_step = wwgan._save_checkpoint, wwgan.generator_step
+
+    def generator_step(*args, **kwargs):
+        clock[0] += 4 * 60  # each iteration takes four minutes
+        return real_generator_step(*args, **kwargs)
+
+    def save(state, loop):
+        saved.append(state.iteration)
+        real_save(state, loop)
+
+    monkeypatch.setattr(wwgan.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(wwgan, "generator_step", generator_step)
+    monkeypatch.setattr(wwgan, "_save_checkpoint", save)
+    wwgan.train(tiny_config(tmp_path / "timed", checkpoint_every=1000), progress=False)
+    # 10 minutes pass during iteration 3, so iteration 4 checkpoints; then 6, the last
+    assert saved == [4, 6]
+    saved.clear()
+    wwgan.train(
+        tiny_config(tmp_path / "off", checkpoint_every=1000, checkpoint_minutes=0), progress=False
+    )
+    assert saved == [6]
+
+
+def test_sigterm_stops_any_other_command_in_one_line(capsys):
+    @click.command()
+    def slow_step():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        wwgan.run_cli(slow_step, [], prog_name="slow-step")
+    assert stopped.value.code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert err.strip() == "wwgan: stopped by SIGTERM; rerun the same command to resume", err
+    assert signal.getsignal(signal.SIGTERM) is handler

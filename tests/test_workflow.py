@@ -15,11 +15,14 @@ import pytest
 import yaml
 
 import wwgan
+from conftest import files_with_times
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, timeout: int = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-m",
@@ -35,7 +38,7 @@ def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.Compl
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )
 
 
@@ -138,6 +141,34 @@ def test_dry_run_of_both_presets_builds_the_whole_graph_offline(tmp_path):
     # offline: nothing to download, SWD only, no Inception statistics
     assert not {"download", "fid_weights", "fid_stats", "bench"} & set(counts)
     assert "--no-fid" in smoke.stdout and "results/smoke/figures/shift.png" in smoke.stdout
+
+
+def test_slurm_profile_submits_training_with_the_pre_timeout_signal_requeue_and_retries(
+    tmp_path,
+):
+    """The profile through the real SLURM executor plugin, against stand-ins for SLURM's
+    commands: sbatch records its arguments and refuses, so Snakemake's retries show."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    bin_dir, calls = tmp_path / "bin", tmp_path / "sbatch-calls"
+    bin_dir.mkdir()
+    for tool in ("sbatch", "squeue", "sacct", "scontrol", "sacctmgr", "sshare", "sinfo"):
+        refuse = f'printf "%s\\n" "$*" >> {calls}; exit 1' if tool == "sbatch" else "exit 0"
+        (bin_dir / tool).write_text(f"#!/bin/bash\n{refuse}\n")
+        (bin_dir / tool).chmod(0o755)
+    result = snakemake(
+        tmp_path / "work",
+        *("--profile", str(ROOT / "profiles" / "slurm"), "--config", "preset=smoke"),
+        *("--default-resources", "slurm_account=acct", "slurm_partition=part"),
+        *("--until", "train", "--jobs", "1", "--latency-wait", "1"),
+        *("--slurm-init-seconds-before-status-checks", "1"),
+        env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    )
+    assert result.returncode != 0  # every submission was refused
+    submitted = calls.read_text().splitlines()
+    assert [re.search(r"--attempt (\d)", line).group(1) for line in submitted] == list("1234")
+    for line in submitted:
+        assert "--target-jobs 'train:" in line
+        assert " --signal=USR1@90 " in line and " --requeue " in line, line
 
 
 def test_invalid_config_is_rejected_before_anything_runs(tmp_path):
@@ -251,15 +282,6 @@ def interrupt_when(proc: subprocess.Popen, condition, sig: int, timeout: float =
     os.killpg(proc.pid, sig)
     out, _ = proc.communicate(timeout=120)
     return out
-
-
-def files_with_times(folder: Path) -> dict:
-    """{relative path: (mtime_ns, bytes)} of every file under folder."""
-    return {
-        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def metrics_iterations(run: Path) -> list:
