@@ -644,6 +644,27 @@ def cli():
     """FID: offline Inception weights, reference statistics, FID/SWD curves of runs."""
 
 
+def inception_options(command):
+    """--device, --batch-size and --fid-weights, shared by the commands that run Inception."""
+    for option in reversed(
+        [
+            click.option("--device", default="auto", show_default=True),
+            click.option(
+                "--batch-size", default=100, show_default=True, type=click.IntRange(min=1)
+            ),
+            click.option(
+                "--fid-weights",
+                "weights",
+                default=None,
+                type=click.Path(dir_okay=False),
+                help="Inception weights file [default: pytorch-fid's, in the torch hub cache].",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @cli.command("weights")
 @click.option(
     "--out",
@@ -698,15 +719,7 @@ def fid_weights_command(out, source, verify_images):
     help="Training images the runs held out (wwgan train --holdout): excluded here too.",
 )
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="STATS.npz")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
-@click.option(
-    "--fid-weights",
-    "weights",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Inception weights file [default: pytorch-fid's, in the torch hub cache].",
-)
+@inception_options
 def fid_stats_command(
     dataset, data_root, image_size, num_images, holdout, out, device, batch_size, weights
 ):
@@ -764,15 +777,7 @@ def fid_stats_command(
     help="CSV path [default: RUN/fid_curve.csv].",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Latents and SWD sampling.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
-@click.option(
-    "--fid-weights",
-    "weights",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Inception weights file [default: pytorch-fid's, in the torch hub cache].",
-)
+@inception_options
 @click.option("--no-progress", is_flag=True)
 def fid_curve_command(
     run_dir,

@@ -98,6 +98,13 @@ def run_step(program: str, *argv) -> None:
     command.main(args=[str(a) for a in argv], standalone_mode=False)
 
 
+def snakemake_command(workdir, *args) -> list:
+    """The command line of Snakemake on this repository's Snakefile, run in `workdir`."""
+    snakefile = str(ROOT / "Snakefile")
+    return [sys.executable, "-m", "snakemake", "--snakefile", snakefile, "--directory",
+            str(workdir), *map(str, args)]  # fmt: skip
+
+
 def files_with_times(folder: Path) -> dict:
     """{relative path: (mtime_ns, bytes)} of every file under folder."""
     return {

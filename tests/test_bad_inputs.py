@@ -27,7 +27,7 @@ import torch
 
 import fid
 import wwgan
-from conftest import ROOT, TINY, invoke, one_error_line
+from conftest import ROOT, TINY, invoke, one_error_line, snakemake_command
 
 # urllib honours these: a download attempt is refused at once instead of reaching the net
 # (so the offline cases give the same answer on a machine that has network access)
@@ -70,19 +70,7 @@ def _script(name, *args):
 
 
 def _snakemake(workdir, *args):
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "-n",
-        "--cores",
-        "1",
-        *args,
-    ]
+    return snakemake_command(workdir, "-n", "--cores", "1", *args)
 
 
 # case: (command for tmp folder t, extra environment, kind of error, expected message with

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import yaml
 
 import wwgan
-from conftest import files_with_times
+from conftest import files_with_times, snakemake_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,16 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def snakemake(
     workdir: Path, *args: str, timeout: int = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        *args,
-    ]
+    cmd = snakemake_command(workdir, *args)
     return subprocess.run(
         cmd,
         capture_output=True,
@@ -249,16 +239,7 @@ TWO_RUNS = [
 def start_snakemake(workdir: Path, *args: str) -> subprocess.Popen:
     """Snakemake in its own process group, as a shell runs a foreground job: a terminal's
     Ctrl-C sends SIGINT to the whole group, the jobs included."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        *args,
-    ]
+    cmd = snakemake_command(workdir, *args)
     return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
