@@ -735,41 +735,48 @@ def load_image_files(
     if cached is not None:
         images, label_array = cached
     else:
-        keep = subset_indices(len(files), config.max_images)
-        paths = [files[i] for i in keep]
-        images, ok = decode_images(
-            paths,
-            config.image_size,
-            crop_fraction,
-            config.channels,
-            exif_transpose,
-            desc=f"decoding {name}",
-        )
-        label_array = np.asarray(labels, dtype=np.int64)[keep] if with_labels else None
-        if not ok.any():  # before the warning below: the error alone says it all
-            raise WWGANError(
-                f"no usable images under {listing.root}: all {len(paths)} image "
-                f"file(s) failed to decode (corrupt or not images), e.g. {paths[0]}"
-            )
-        skipped = list(listing.skipped) + [
-            (p, "unreadable") for p, good in zip(paths, ok) if not good
-        ]
-        if skipped:
-            counts = {}
-            for _, reason in skipped:
-                counts[reason] = counts.get(reason, 0) + 1
-            detail = ", ".join(f"{k} {reason}" for reason, k in counts.items())
-            warn(
-                f"skipped {len(skipped)} file(s) under {listing.root}: {detail} "
-                f"(e.g. {skipped[0][0]})"
-            )
-        if not ok.all():
-            images = images[ok]
-            label_array = label_array[ok] if with_labels else None
+        images, label_array = _decode_listing(config, listing, name, crop_fraction, exif_transpose)
         if cache:
             _write_cache(*cache, images, label_array)
     labels_tensor = torch.from_numpy(label_array.astype(np.int64)) if with_labels else None
     return torch.from_numpy(images), labels_tensor
+
+
+def _decode_listing(
+    config: TrainConfig, listing: ImageFiles, name: str, crop_fraction: float, exif_transpose: bool
+):
+    """Decode config.max_images of `listing` (a fixed subset), warning once about the files
+    that were skipped or failed; raises when none decodes."""
+    files, labels, with_labels = listing.files, listing.labels, listing.labels is not None
+    keep = subset_indices(len(files), config.max_images)
+    paths = [files[i] for i in keep]
+    images, ok = decode_images(
+        paths,
+        config.image_size,
+        crop_fraction,
+        config.channels,
+        exif_transpose,
+        desc=f"decoding {name}",
+    )
+    label_array = np.asarray(labels, dtype=np.int64)[keep] if with_labels else None
+    if not ok.any():  # before the warning below: the error alone says it all
+        raise WWGANError(
+            f"no usable images under {listing.root}: all {len(paths)} image "
+            f"file(s) failed to decode (corrupt or not images), e.g. {paths[0]}"
+        )
+    skipped = list(listing.skipped) + [(p, "unreadable") for p, good in zip(paths, ok) if not good]
+    if skipped:
+        counts = {}
+        for _, reason in skipped:
+            counts[reason] = counts.get(reason, 0) + 1
+        detail = ", ".join(f"{k} {reason}" for reason, k in counts.items())
+        warn(
+            f"skipped {len(skipped)} file(s) under {listing.root}: {detail} (e.g. {skipped[0][0]})"
+        )
+    if not ok.all():
+        images = images[ok]
+        label_array = label_array[ok] if with_labels else None
+    return images, label_array
 
 
 # -- CIFAR-10 --
