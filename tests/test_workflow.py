@@ -342,8 +342,9 @@ def test_ctrl_c_and_kill_9_of_snakemake_recompute_nothing_that_finished(tmp_path
 def test_a_failed_job_leaves_nothing_a_later_rule_would_take_for_done(tmp_path):
     """A training job that fails (its data is missing) leaves no train.done, the marker
     being touched only after success, while its sibling finishes (--keep-going); a
-    fid_curve job that fails after writing part of its CSV leaves no CSV (Snakemake
-    removes a failed job's outputs). Once fixed, only the failed training runs again."""
+    fid_curve job that fails after scoring part of a run leaves no fid_curve.csv, but its
+    scored snapshots stay in the partial file, so the rerun scores only the rest. Once
+    fixed, only the failed training runs again."""
     no_data = [*TWO_RUNS[:-1], "critic_runs={iterations: 24, snapshot_every: 24, dataset: folder}"]
     failed = snakemake(tmp_path, "--cores", "1", "--keep-going", "--until", "train", *no_data)
     assert failed.returncode != 0
@@ -358,24 +359,35 @@ def test_a_failed_job_leaves_nothing_a_later_rule_would_take_for_done(tmp_path):
     (fid_run,) = [p.parent for p in runs.glob("fid/shapes/wwgan/*/seed0/train.done")]
     trained = files_with_times(fid_run)
 
-    # fid-curve scores snapshot 12, writes the CSV, then meets a torn snapshot 24
-    (fid_run / "snapshots" / "snapshot_0000024.pt").write_bytes(b"torn by a crash")
+    # fid-curve scores snapshot 12, writes the partial CSV, then meets a torn snapshot 24
+    torn = fid_run / "snapshots" / "snapshot_0000024.pt"
+    torn.write_bytes(b"torn by a crash")
     curve = str((fid_run / "fid_curve.csv").relative_to(tmp_path))
     failed = snakemake(tmp_path, "--cores", "1", curve, *TWO_RUNS)
     text = failed.stdout + failed.stderr
     assert failed.returncode != 0 and "Error in rule fid_curve" in text
-    # the partial CSV existed, and Snakemake removed it
-    assert "Removing output files of failed job fid_curve" in text and curve in text
-    assert not (fid_run / "fid_curve.csv").exists()
+    assert not (fid_run / "fid_curve.csv").exists()  # nothing a later rule takes for done
     (log,) = tmp_path.glob("logs/smoke/runs/fid/*/*/*/seed0/fid_curve.log")
     assert "snapshot_0000024.pt: not a readable wwgan checkpoint" in log.read_text()
+    (partial,) = fid_run.glob(".fid_curve-*.partial.csv")
+    header, row12 = partial.read_text().splitlines()
+    assert row12.startswith("12,")
+    # mark snapshot 12's score: the rerun must keep it, not recompute it
+    partial.write_text(f"{header}\n{row12.rsplit(',', 1)[0]},12345\n")
+    torn.unlink()  # iteration 24 now comes from the final checkpoint
+    resumed = snakemake(tmp_path, "--cores", "1", curve, *TWO_RUNS)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    rows = (fid_run / "fid_curve.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["12", "24"] and rows[1].endswith(",12345")
+    assert not partial.exists()
+    trained.pop("snapshots/snapshot_0000024.pt")  # torn and removed above
+    (fid_run / "fid_curve.csv").unlink()
 
     # fixed: the critic runs on data that exists; the finished FID run is left alone
     fixed = snakemake(tmp_path, "--cores", "1", "--until", "train", *TWO_RUNS)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert job_counts(fixed.stdout + fixed.stderr) == {"train": 1, "total": 1}
     assert list(runs.glob("critic/shapes/wwgan/*/seed0/train.done"))
-    trained.pop("snapshots/snapshot_0000024.pt")  # torn above
     after = files_with_times(fid_run)
     assert {name: after[name] for name in trained} == trained
 
