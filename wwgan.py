@@ -1893,14 +1893,19 @@ def _save_checkpoint(state: TrainState, loop: _Loop) -> None:
     loop.checkpointed_at, loop.checkpointed_time = state.iteration, time.monotonic()
 
 
-def _at_boundary(loop: _Loop) -> bool:
+def _at_boundary(loop: _Loop, iteration: int) -> bool:
     """Between two generator iterations: set loop.checkpoint_due (--checkpoint-minutes)
-    and return whether to stop (a signal). Under DDP the ranks agree (one all-reduce), so
-    that all stop after the same iteration and all run the NaN check before a checkpoint."""
+    and return whether to stop (a signal). Under DDP the ranks must agree, so that all
+    stop after the same iteration and all run the NaN check before a checkpoint; their
+    all-reduce syncs with the device, so they agree only every --log-every iterations,
+    where the loop reads losses back anyway (a stop then waits for that iteration)."""
     minutes = loop.config.checkpoint_minutes
     due = minutes > 0 and time.monotonic() - loop.checkpointed_time >= 60 * minutes
     flags = [float(due), float(bool(loop.stop))]
     if loop.ctx.world_size > 1:
+        if not _is_interval(iteration, loop.config.log_every):
+            loop.checkpoint_due = False
+            return False
         import torch.distributed as dist
 
         tensor = torch.tensor(flags, device=loop.device)
@@ -1967,7 +1972,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
             )
             stack.enter_context(gpu_performance_flags(device, config.tf32, config.cudnn_benchmark))
             while state.iteration < config.iterations:
-                if _at_boundary(loop):
+                if _at_boundary(loop, state.iteration):
                     _stop(state, loop)
                 started = time.perf_counter()
                 terms, g_terms = _generator_iteration(state, loop)
