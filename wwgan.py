@@ -99,20 +99,45 @@ OPTIMIZER_PRESETS = {
     "robustness": dict(lr=3e-4, beta1=0.5, beta2=0.9),
 }
 
-# Fields that define the model and the objective: a checkpoint written under other values
-# cannot be resumed by this config (iterations, logging and device may change freely).
-IDENTITY_FIELDS = tuple(
-    "dataset image_size channels loss latent_dim width batch_size n_critic lam lipschitz_target "
-    "one_sided density_at density_scale alpha neighborhood gamma lr beta1 beta2 seed "
-    "celeba_crop max_images holdout".split()
-)
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses NaN and infinity (NaN compares false, so a plain
+    range check lets it through)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return value
 
 
-def option(default, help: str, **click_settings):
-    """A TrainConfig field and its `wwgan train` option: one default, one help text.
-    `click_settings` go to click.option (type, flag name, ...); `cli=False` keeps the
-    field off the command line."""
-    return field(default=default, metadata=dict(help=help, **click_settings))
+def option(default, help: str, identity: bool = False, **click_settings):
+    """A TrainConfig field and its `wwgan train` option: one default, one help text, one
+    bound. `identity=True` marks a field that defines the model and the objective (see
+    `TrainConfig.identity`). `click_settings` go to click.option (type, flag name, ...);
+    the `type`'s range or choices are also what TrainConfig checks from Python;
+    `cli=False` keeps the field off the command line."""
+    return field(default=default, metadata=dict(help=help, identity=identity, **click_settings))
+
+
+def _field_problem(f: dataclasses.Field, value) -> str | None:
+    """What is wrong with `value` for field `f` by the bound its click type declares, or
+    None: the same declaration checks the CLI (click) and Python callers (here)."""
+    kind, name = f.metadata.get("type"), f.name.replace("_", " ")
+    if isinstance(kind, click.Choice) and str(value) not in map(str, kind.choices):
+        return f"unknown {name} {value!r}; choose from {', '.join(map(str, kind.choices))}"
+    if not isinstance(kind, (click.IntRange, click.FloatRange)):
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return f"{name} must be a number, got {value!r}"
+    if isinstance(kind, click.FloatRange) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
+    bounds = []
+    if kind.min is not None and not (value > kind.min if kind.min_open else value >= kind.min):
+        bounds.append(f"{'>' if kind.min_open else '>='} {kind.min}")
+    if kind.max is not None and not (value < kind.max if kind.max_open else value <= kind.max):
+        bounds.append(f"{'<' if kind.max_open else '<='} {kind.max}")
+    return f"{name} must be {' and '.join(bounds)}, got {value}" if bounds else None
 
 
 @dataclass(frozen=True)
@@ -122,57 +147,86 @@ class TrainConfig:
     out: str = option(
         "runs/default", "Run directory.", required=True, type=click.Path(file_okay=False)
     )
-    dataset: str = option("shapes", "shapes | cifar10 | celeba | folder")
+    dataset: str = option("shapes", "shapes | cifar10 | celeba | folder", identity=True)
     data_root: str = option("data", "Dataset root.", type=click.Path())
     image_size: int = option(
-        32,
+        None,
         "Model resolution [default: 32, or 64 for celeba].",
+        identity=True,
         type=click.IntRange(min=1),
         show_default=False,
     )
-    channels: int = option(3, "", cli=False)
-    loss: str = option("wwgan", "Gradient penalty.", type=click.Choice(LOSSES))
+    channels: int = option(3, "", identity=True, cli=False)
+    loss: str = option("wwgan", "Gradient penalty.", identity=True, type=click.Choice(LOSSES))
     iterations: int = option(100_000, "Generator iterations.", type=click.IntRange(min=0))
-    batch_size: int = option(64, "", type=click.IntRange(min=1))
-    n_critic: int = option(5, "Critic updates per generator update.", type=click.IntRange(min=1))
-    lam: float = option(10.0, "Penalty weight lambda.", type=click.FloatRange(min=0))
+    batch_size: int = option(64, "", type=click.IntRange(min=1), identity=True)
+    n_critic: int = option(
+        5, "Critic updates per generator update.", type=click.IntRange(min=1), identity=True
+    )
+    lam: float = option(10.0, "Penalty weight lambda.", type=FiniteFloatRange(min=0), identity=True)
     lipschitz_target: float = option(
-        1.0, "The 1 in (||grad f|| - 1)^2.", type=click.FloatRange(min=0, min_open=True)
+        1.0,
+        "The 1 in (||grad f|| - 1)^2.",
+        type=FiniteFloatRange(min=0, min_open=True),
+        identity=True,
     )
     one_sided: bool = option(
-        False, "max(0, norm - target)^2 for the W2 losses.", flag="--one-sided"
+        False,
+        "max(0, norm - target)^2 for the W2 losses.",
+        flag="--one-sided",
+        identity=True,
     )
     density_at: str = option(
         "interpolate",
         "Where L(X) is evaluated (Sec. 3.4 vs Algorithm 1).",
         type=click.Choice(["interpolate", "fake"]),
+        identity=True,
     )
     density_scale: str = option(
         "intensity",
         "The density L(rho) is taken at: pixel masses (x+1)/2 (Remark 3) or each channel "
         "normalized to unit mass (Sec. 2.1, X in P(Omega)).",
         type=click.Choice(DENSITY_SCALES),
+        identity=True,
     )
     alpha: float = option(
-        1.0, "The alpha of L~ = L + alpha 1 1^T (Remark 3).", type=click.FloatRange(min=0)
+        1.0,
+        "The alpha of L~ = L + alpha 1 1^T (Remark 3).",
+        type=FiniteFloatRange(min=0),
+        identity=True,
     )
-    neighborhood: int = option(4, "Pixel graph: 4 or 8 neighbours.", type=click.Choice(["4", "8"]))
+    neighborhood: int = option(
+        4, "Pixel graph: 4 or 8 neighbours.", identity=True, type=click.Choice(["4", "8"])
+    )
     gamma: float = option(
-        1.0, "wwgan-authors only: weight of ||g||^2.", type=click.FloatRange(min=0)
+        1.0,
+        "wwgan-authors only: weight of ||g||^2.",
+        type=FiniteFloatRange(min=0),
+        identity=True,
+    )
+    optimizer: str = option(
+        "fid",
+        "Adam preset: fid (lr 1e-4, betas 0, 0.9) or robustness (3e-4, 0.5, 0.9); sets lr, "
+        "beta1 and beta2 where they are not given.",
+        type=click.Choice(list(OPTIMIZER_PRESETS)),
     )
     lr: float = option(
-        1e-4,
+        None,
         "Learning rate [default: the --optimizer preset's].",
-        type=click.FloatRange(min=0, min_open=True),
+        identity=True,
+        type=FiniteFloatRange(min=0, min_open=True),
         show_default=False,
     )
-    beta1: float = option(0.0, "", cli=False)
-    beta2: float = option(0.9, "", cli=False)
-    latent_dim: int = option(128, "", cli=False)
+    beta1: float = option(None, "", identity=True, cli=False, type=FiniteFloatRange(0, 1))
+    beta2: float = option(None, "", identity=True, cli=False, type=FiniteFloatRange(0, 1))
+    latent_dim: int = option(128, "", cli=False, identity=True)
     width: int = option(
-        512, "Channels at 4x4 resolution (512 is the paper's model).", type=click.IntRange(min=1)
+        512,
+        "Channels at 4x4 resolution (512 is the paper's model).",
+        type=click.IntRange(min=1),
+        identity=True,
     )
-    seed: int = option(0, "")
+    seed: int = option(0, "", identity=True, type=click.IntRange(0, 2**63 - 1))
     device: str = option("auto", "auto | cpu | cuda[:N] | mps")
     log_every: int = option(50, "", type=click.IntRange(min=1))
     sample_every: int = option(1000, "", type=click.IntRange(min=0))
@@ -181,7 +235,7 @@ class TrainConfig:
         10.0,
         "Also checkpoint when this many minutes have passed since the last one (0: only "
         "every --checkpoint-every iterations).",
-        type=click.FloatRange(min=0),
+        type=FiniteFloatRange(min=0),
     )
     snapshot_every: int = option(
         0,
@@ -193,13 +247,17 @@ class TrainConfig:
         "stop", "On a non-finite loss: stop, or skip the step.", type=click.Choice(["stop", "skip"])
     )
     max_images: int = option(
-        0, "Use at most N training images (0: all).", type=click.IntRange(min=0)
+        0,
+        "Use at most N training images (0: all).",
+        type=click.IntRange(min=0),
+        identity=True,
     )
     holdout: int = option(
         0,
         "Hold back N training images (a fixed random slice) for evaluation; training never "
         "sees them. For data without a test split.",
         type=click.IntRange(min=0),
+        identity=True,
     )
     label: str = option("", "Name of the run's variant in tables and figures (not its identity).")
     cache_dir: str = option(
@@ -211,6 +269,7 @@ class TrainConfig:
         108,
         "CelebA center-crop side in the 178x218 frame (178: the authors' code).",
         type=click.IntRange(1, CELEBA_REFERENCE_WIDTH),
+        identity=True,
     )
     tf32: bool = option(
         True,
@@ -231,30 +290,28 @@ class TrainConfig:
     )
 
     def __post_init__(self):
-        min_width = _min_width(self.image_size)
+        # Defaults that depend on other fields are resolved here, so that Python callers
+        # and the CLI get the same run: CelebA at 64 px, the Adam preset's lr and betas.
+        resolved = dict(image_size=64 if self.dataset == "celeba" else 32)
+        resolved.update(OPTIMIZER_PRESETS.get(self.optimizer, {}))
+        for name, value in resolved.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if isinstance(self.neighborhood, str) and self.neighborhood.isdigit():
+            object.__setattr__(self, "neighborhood", int(self.neighborhood))
+        problems = [_field_problem(f, getattr(self, f.name)) for f in dataclasses.fields(self)]
+        min_width = _min_width(self.image_size) if self.image_size in SUPPORTED_IMAGE_SIZES else 1
         checks = [
             (
                 self.dataset in DATASETS,
                 f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}",
             ),
+            (self.neighborhood in (4, 8), f"neighborhood must be 4 or 8, got {self.neighborhood}"),
+            *((problem is None, problem) for problem in problems),
             (
                 self.channels in (1, 3),
                 f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}",
             ),
-            (self.loss in LOSSES, f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}"),
-            (self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}"),
-            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-            (self.n_critic >= 1, f"n_critic must be >= 1, got {self.n_critic}"),
-            (self.lam >= 0, f"lambda must be >= 0, got {self.lam}"),
-            (self.lipschitz_target > 0, "the Lipschitz target must be > 0"),
-            (self.density_at in ("interpolate", "fake"), "density_at must be interpolate or fake"),
-            (self.neighborhood in (4, 8), f"neighborhood must be 4 or 8, got {self.neighborhood}"),
-            (self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}"),
-            (
-                self.density_scale in DENSITY_SCALES,
-                f"density_scale must be one of {', '.join(DENSITY_SCALES)}",
-            ),
-            (self.nan_policy in ("stop", "skip"), "nan_policy must be stop or skip"),
             (
                 self.image_size in SUPPORTED_IMAGE_SIZES,
                 f"image size {self.image_size} is not supported by the models; "
@@ -270,6 +327,13 @@ class TrainConfig:
             if not ok:
                 raise WWGANError(message)
 
+    def identity(self, exclude: tuple[str, ...] = ()) -> dict:
+        """The fields that define the model and the objective (marked `identity=True`),
+        resolved: a checkpoint written under other values cannot be resumed by this config,
+        and the workflow names a run directory by their hash (without the seed, which its
+        path holds). Length, logging, device and paths may change freely."""
+        return {name: getattr(self, name) for name in IDENTITY_FIELDS if name not in exclude}
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -277,6 +341,10 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# Marked once, in each field's metadata; resume checks and the workflow's run hash use it.
+IDENTITY_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["identity"])
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -1553,7 +1621,7 @@ def load_latest_checkpoint(path: Path, map_location="cpu") -> dict | None:
 
 def check_resumable(checkpoint: dict, config: TrainConfig, path: Path) -> None:
     saved = checkpoint["config"]
-    changed = [k for k in IDENTITY_FIELDS if k in saved and saved[k] != getattr(config, k)]
+    changed = [k for k, v in config.identity().items() if k in saved and saved[k] != v]
     if changed:
         detail = ", ".join(f"{k}={saved[k]!r} (now {getattr(config, k)!r})" for k in changed)
         raise WWGANError(
@@ -2170,9 +2238,10 @@ def train_options(command):
     """One `wwgan train` option per TrainConfig field, from the field's metadata (help,
     click type, flag name); fields with `cli=False` are left out. Options whose default
     depends on other flags (image size, learning rate) have none here."""
-    derived = {"out", "image_size", "lr"}
+    derived = {"out", "image_size", "lr"}  # resolved by TrainConfig
     for f in reversed(dataclasses.fields(TrainConfig)):
         settings = dict(f.metadata)
+        settings.pop("identity")
         if not settings.pop("cli", True):
             continue
         flag = settings.pop("flag", "--" + f.name.replace("_", "-"))
@@ -2199,21 +2268,10 @@ def cli():
 
 @cli.command("train")
 @train_options
-@click.option(
-    "--optimizer",
-    "optimizer_preset",
-    type=click.Choice(list(OPTIMIZER_PRESETS)),
-    default="fid",
-    show_default=True,
-    help="Adam preset: fid (lr 1e-4, betas 0, 0.9) or robustness (3e-4, 0.5, 0.9).",
-)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def train_command(optimizer_preset, lr, neighborhood, image_size, no_progress, **options):
+def train_command(neighborhood, no_progress, **options):
     """Train a generator and critic with Algorithm 1; rerun the same command to resume."""
-    adam = dict(OPTIMIZER_PRESETS[optimizer_preset], **({"lr": lr} if lr else {}))
-    if image_size is None:
-        image_size = 64 if options["dataset"] == "celeba" else 32
-    config = TrainConfig(**options, **adam, image_size=image_size, neighborhood=int(neighborhood))
+    config = TrainConfig(**options, neighborhood=int(neighborhood))
     state = train(config, progress=not no_progress)
     click.echo(
         f"done: {state.iteration} iterations, {state.train_seconds:.1f} s of training, "
