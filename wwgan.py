@@ -53,7 +53,7 @@ __all__ = [  # by section, in pipeline order
     "inverse_normalized_degree", "laplacian_quadratic_form", "authors_quadratic_form",
     "images_to_density", "gradient_norm", "gradient_penalty",
     "penalty_settings", "make_optimizers", "critic_objective", "critic_step",
-    "generator_step", "train", "TrainingInterrupted", "STOP_SIGNALS", "EXIT_STOPPED",
+    "generator_step", "train", "TrainState", "RunDir", "TrainingInterrupted", "STOP_SIGNALS", "EXIT_STOPPED",
     "load_checkpoint", "load_latest_checkpoint", "read_run_config",
     "snapshot_paths", "load_models", "load_run", "generated_batches", "images_to_uint8",
     "sample_grid",
@@ -123,7 +123,7 @@ def option(default, help: str, identity: bool = False, **click_settings):
 def _field_problem(f: dataclasses.Field, value) -> str | None:
     """What is wrong with `value` for field `f` by the bound its click type declares, or
     None: the same declaration checks the CLI (click) and Python callers (here)."""
-    kind, name = f.metadata.get("type"), f.name.replace("_", " ")
+    kind, name = f.metadata.get("type"), f.name
     if isinstance(kind, click.Choice) and str(value) not in map(str, kind.choices):
         return f"unknown {name} {value!r}; choose from {', '.join(map(str, kind.choices))}"
     if not isinstance(kind, (click.IntRange, click.FloatRange)):
@@ -242,6 +242,12 @@ class TrainConfig:
         "Keep a snapshot of both models every N iterations (FID curves, FID-matched "
         "critics; 0: none).",
         type=click.IntRange(min=0),
+    )
+    tensorboard: bool = option(
+        False,
+        "Also write the metrics and sample grids as TensorBoard events in OUT/tensorboard/ "
+        "(needs the tensorboard package; metrics.jsonl stays the record).",
+        flag="--tensorboard",
     )
     nan_policy: str = option(
         "stop", "On a non-finite loss: stop, or skip the step.", type=click.Choice(["stop", "skip"])
@@ -1237,6 +1243,11 @@ def laplacian_quadratic_form(
             f"grad and density must both be (B, C, H, W); got "
             f"{tuple(grad.shape)} and {tuple(density.shape)}"
         )
+    if _check_values("density", density) and float(density.min()) < 0:
+        raise ValueError(
+            f"density must be nonnegative (a mass per pixel); its minimum is "
+            f"{float(density.min()):.4g} (see images_to_density)"
+        )
     height, width = grad.shape[-2:]
     inv_d = inverse_normalized_degree(height, width, neighborhood, grad.device, grad.dtype)
     edge_sums = _compiled_edge_sums() if compiled else _edge_sums
@@ -1342,6 +1353,49 @@ def gradient_norm(
     raise ValueError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
 
 
+_VALUES_CHECKED: set = set()  # accelerators whose first batch had its values checked
+
+
+def _check_values(name: str, x: torch.Tensor) -> bool:
+    """Whether to check the values of `x` now: always on CPU, where reading a minimum back
+    costs no more than computing it; on an accelerator only for the first batch of each
+    device type, since a read-back there syncs the host with the device, once per step."""
+    if x.device.type == "cpu":
+        return True
+    first = (name, x.device.type) not in _VALUES_CHECKED
+    _VALUES_CHECKED.add((name, x.device.type))
+    return first
+
+
+def _check_image_batches(real: torch.Tensor, fake: torch.Tensor, loss: str) -> None:
+    """ValueError unless real and fake are image batches (B, C, H, W) of one shape and,
+    for the W2 losses, in [-1, 1]: the density (x + 1) / 2 must be a nonnegative mass.
+    Images in [0, 1] are in range but wrong; a real batch with no negative value says so
+    in a warning (once)."""
+    if real.dim() != 4 or real.shape != fake.shape:
+        raise ValueError(
+            f"real and fake must be image batches (B, C, H, W) of one shape; got "
+            f"{tuple(real.shape)} and {tuple(fake.shape)} (reshape flattened images with "
+            f"x.view(B, C, H, W))"
+        )
+    if loss not in ("wwgan", "wwgan-authors") or not _check_values("images", real):
+        return
+    low = min(float(real.min()), float(fake.min()))
+    high = max(float(real.max()), float(fake.max()))
+    if low < -1.001 or high > 1.001:
+        raise ValueError(
+            f"images must be in [-1, 1] for loss {loss!r} (its density is (x + 1) / 2); "
+            f"got values in [{low:.4g}, {high:.4g}]: scale them with x * 2 - 1 for [0, 1] "
+            f"data, x / 127.5 - 1 for [0, 255]"
+        )
+    if float(real.min()) >= 0 and "images in [0, 1]" not in _VALUES_CHECKED:
+        _VALUES_CHECKED.add("images in [0, 1]")
+        warn(
+            f"the real batch has no negative value: loss {loss!r} expects images in "
+            f"[-1, 1]; if yours are in [0, 1], pass x * 2 - 1"
+        )
+
+
 def gradient_penalty(
     critic: nn.Module,
     real: torch.Tensor,
@@ -1376,10 +1430,7 @@ def gradient_penalty(
     detached, for logging; with `return_l2`, also ||g||_2 per sample (detached): the ratio
     of the two is the scale s that makes lam act like lam * s * target on a rescaled critic.
     """
-    if real.shape != fake.shape:
-        raise ValueError(
-            f"real and fake batches differ: {tuple(real.shape)} vs {tuple(fake.shape)}"
-        )
+    _check_image_batches(real, fake, loss)
     if eps is None:
         eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
     x_hat = eps * real.detach() + (1.0 - eps) * fake.detach()
@@ -1480,7 +1531,477 @@ def generator_step(
     return dict(generator_loss=generator_loss.detach())
 
 
-# -- checkpoints --
+# -- performance: CUDA backend flags and torch.compile --
+
+
+@contextlib.contextmanager
+def gpu_performance_flags(device: torch.device, tf32: bool = True, cudnn_benchmark: bool = True):
+    """On CUDA: allow TF32 in matmuls and convolutions (the models; the quadratic form has
+    neither and stays float32) and let cuDNN autotune, restoring the global flags on exit
+    so that nothing leaks out of train(). CPU: nothing changes."""
+    if device.type != "cuda":
+        yield
+        return
+    flags = (
+        (torch.backends.cuda.matmul, "allow_tf32", tf32),
+        (torch.backends.cudnn, "allow_tf32", tf32),
+        (torch.backends.cudnn, "benchmark", cudnn_benchmark),
+    )
+    previous = [getattr(owner, name) for owner, name, _ in flags]
+    for owner, name, value in flags:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for (owner, name, _), value in zip(flags, previous):
+            setattr(owner, name, value)
+
+
+def step_models(config: TrainConfig, *modules: nn.Module) -> tuple:
+    """The modules the hot loop calls: themselves, or with `config.compile` torch.compile'd
+    views sharing their parameters (checkpoints keep saving the plain modules; a module
+    passed twice gets one view). Pass only modules used first-order: the critic inside
+    critic_step stays eager, because its penalty is differentiated twice and torch.compile
+    (aot_autograd) does not support double backward."""
+    if not config.compile:
+        return modules
+    views = {}
+    for module in modules:
+        if id(module) not in views:
+            views[id(module)] = torch.compile(module)
+    return tuple(views[id(module)] for module in modules)
+
+
+# -- distributed data parallel (torchrun) --
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    owns_group: bool = False  # train() opened the process group, so it closes it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[DistributedContext, torch.device]:
+    """Join the process group that `torchrun` describes (WORLD_SIZE > 1 in the
+    environment): NCCL with the GPU of LOCAL_RANK on CUDA, gloo on CPU. A group the caller
+    already opened is used as is. One process: (DistributedContext(), device)."""
+    import torch.distributed as dist
+
+    joined = dist.is_available() and dist.is_initialized()
+    if not joined and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistributedContext(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not joined:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), not joined), device
+
+
+def _mean_over_ranks(terms: dict, ctx: DistributedContext) -> dict:
+    """Average the detached loss terms over ranks, so that every rank logs the loss of the
+    whole batch and takes the same NaN decision (a rank that skips a step alone would
+    fall out of step with the others)."""
+    if ctx.world_size == 1:
+        return terms
+    import torch.distributed as dist
+
+    names = sorted(terms)
+    values = torch.stack([terms[name].float().reshape(()) for name in names])
+    dist.all_reduce(values)
+    return dict(zip(names, (values / ctx.world_size).unbind()))
+
+
+# ----------------------------------------------------------------------------------------
+# the training loop (Algorithm 1)
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """What train() returns and a checkpoint holds: both models, their optimizers, the
+    number of finished generator iterations and the seconds spent in them."""
+
+    generator: Generator
+    critic: Critic
+    generator_opt: torch.optim.Optimizer
+    critic_opt: torch.optim.Optimizer
+    iteration: int = 0
+    train_seconds: float = 0.0
+
+
+def train(config: TrainConfig, progress: bool = True) -> TrainState:
+    """Algorithm 1 of the paper, top to bottom: n_critic critic updates (lines 3-9), then
+    one generator update (lines 11-12), repeated for config.iterations generator
+    iterations. Writes into config.out (see RunDir): config.json, metrics.jsonl, samples/,
+    snapshots/, checkpoints, and with config.tensorboard event files. Resumes from
+    OUT/checkpoint.pt when there is one: weights, optimizers, iteration and every RNG
+    state, so on CPU a resumed run ends bit-identical to an uninterrupted one. A signal
+    (STOP_SIGNALS) ends it after the current iteration with a checkpoint, raising
+    TrainingInterrupted.
+
+    Under `torchrun --nproc_per_node=N wwgan.py train ...` it runs DistributedDataParallel:
+    each rank draws its own batch_size / N real images, latents and eps (its own RNG
+    stream), DDP averages the gradients, so a step equals one step on the whole batch;
+    rank 0 alone writes files. On CUDA the generator's BatchNorm becomes SyncBatchNorm
+    (statistics over the whole batch, as in one process); on CPU (gloo, no SyncBatchNorm)
+    each rank normalizes with its own share's statistics."""
+    ctx, device = init_distributed(select_device(config.device))
+    if config.batch_size % ctx.world_size:
+        raise WWGANError(
+            f"batch size {config.batch_size} does not split over {ctx.world_size} processes; "
+            f"use a multiple of {ctx.world_size}"
+        )
+    batch = config.batch_size // ctx.world_size  # this process's share
+    run = RunDir(config, ctx, device)
+    try:
+        with run, gpu_performance_flags(device, config.tf32, config.cudnn_benchmark):
+            # Data first: missing or wrong data leaves no run directory behind.
+            images = load_dataset(config)
+            expected = (config.channels, config.image_size, config.image_size)
+            if tuple(images.shape[1:]) != expected:
+                raise WWGANError(
+                    f"dataset images are {tuple(images.shape[1:])}, the model expects {expected}"
+                )
+            images = images.to(device)
+
+            # Models and optimizers, in the order that fixes the RNG streams.
+            seed_everything(config.seed)
+            generator, critic = build_models(config)
+            if ctx.world_size > 1 and device.type == "cuda":
+                generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+            generator, critic = generator.to(device), critic.to(device)
+            state = TrainState(generator, critic, *make_optimizers(config, generator, critic))
+            # Sample grids use fixed latents from their own RNG, so the training stream
+            # does not depend on whether and how often samples are drawn.
+            fixed_z = torch.randn(
+                64, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1)
+            ).to(device)
+
+            run.resume(state)  # claims OUT; continues from its checkpoint if there is one
+
+            # The modules the updates call. DDP averages the gradients of what is trained;
+            # torch.compile takes what is differentiated once, never the penalty's critic
+            # (a double backward). In one process without --compile all are the models.
+            if ctx.world_size > 1:
+                from torch.nn.parallel import DistributedDataParallel as DDP
+
+                if ctx.rank > 0:  # weights come from rank 0; data, latents and eps must not
+                    stream = np.random.SeedSequence([config.seed, ctx.rank, state.iteration])
+                    seed_everything(int(stream.generate_state(1)[0]))
+                ids = [device.index] if device.type == "cuda" else None
+                generator_ddp, critic_ddp = (
+                    DDP(generator, device_ids=ids),
+                    DDP(critic, device_ids=ids),
+                )
+            else:
+                generator_ddp, critic_ddp = generator, critic
+            generator_fast, critic_fast = step_models(config, generator_ddp, critic)
+
+            if ctx.is_main:
+                params = (
+                    sum(p.numel() for p in generator.parameters()),
+                    sum(p.numel() for p in critic.parameters()),
+                )
+                click.echo(
+                    f"wwgan train: {LOSS_NAMES[config.loss]} on {config.dataset} "
+                    f"{config.image_size}x{config.image_size} ({len(images)} images), device "
+                    f"{device}{f' x{ctx.world_size}' if ctx.world_size > 1 else ''}, width "
+                    f"{config.width}: generator {params[0] / 1e6:.2f}M + critic "
+                    f"{params[1] / 1e6:.2f}M parameters; iteration {state.iteration} of "
+                    f"{config.iterations}, writing to {run.out}"
+                )
+            bar = tqdm(
+                total=config.iterations,
+                initial=state.iteration,
+                dynamic_ncols=True,
+                disable=not (progress and ctx.is_main),
+                desc=f"{config.loss} {config.dataset}",
+            )
+            run.closes(bar)
+            while state.iteration < config.iterations:
+                run.stop_if_requested(state)  # after a checkpoint; sets run.checkpoint_due
+                it = state.iteration + 1
+                last = it == config.iterations
+                logged = it == 1 or last or _is_interval(it, config.log_every)
+                checkpointed = last or run.checkpoint_due
+                checkpointed |= _is_interval(it, config.checkpoint_every)
+                # Reading a loss on the host syncs with the device: on CUDA the NaN guard
+                # runs only where the host reads losses anyway and before every checkpoint
+                # (so that none holds NaN); on CPU at every step.
+                check = device.type != "cuda" or config.nan_policy == "skip"
+                check = check or logged or checkpointed
+                started = time.perf_counter()
+
+                for _ in range(config.n_critic):  # Algorithm 1, lines 2-9
+                    terms = critic_step(
+                        config, generator_fast, critic_ddp, state.critic_opt, images, batch
+                    )
+                    if check:
+                        terms = _mean_over_ranks(terms, ctx)
+                        if not step_is_finite(config, terms, it, run.checkpoint_path):
+                            continue  # nan_policy "skip"
+                    state.critic_opt.step()
+
+                g_terms = generator_step(  # Algorithm 1, lines 11-12
+                    config, generator_fast, critic_fast, state.generator_opt, device, batch
+                )
+                if check:
+                    g_terms = _mean_over_ranks(g_terms, ctx)
+                if not check or step_is_finite(config, g_terms, it, run.checkpoint_path):
+                    state.generator_opt.step()
+                terms |= g_terms
+
+                state.train_seconds += time.perf_counter() - started
+                state.iteration = it
+                bar.update(1)
+                if check:  # values already on the host: the bar shows them every time
+                    bar.set_postfix(
+                        d=f"{float(terms['critic_loss']):.3f}",
+                        g=f"{float(terms['generator_loss']):.3f}",
+                        s=f"{float(terms['norm_scale']):.2f}",
+                        refresh=False,
+                    )
+                if not ctx.is_main:
+                    continue
+                if logged:  # iteration 1 too: the scale s at the start
+                    run.log(state, terms)
+                if _is_interval(it, config.sample_every) or last:
+                    run.save_samples(generator, fixed_z, it)
+                if _is_interval(it, config.snapshot_every):
+                    run.save_snapshot(state)
+                if checkpointed:
+                    run.save_checkpoint(state)
+    finally:
+        if ctx.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return state
+
+
+def _is_interval(iteration: int, every: int) -> bool:
+    return every > 0 and iteration % every == 0
+
+
+def step_is_finite(config: TrainConfig, terms: dict, iteration: int, checkpoint: Path) -> bool:
+    """The NaN/inf guard: True when the update may be applied. A non-finite loss term
+    stops training ("stop", naming the term, the iteration and the checkpoint kept) or
+    skips the update ("skip")."""
+    bad = next((name for name, value in terms.items() if not torch.isfinite(value).all()), None)
+    if bad is None:
+        return True
+    if config.nan_policy == "skip":
+        return False
+    kept = f"; last good checkpoint kept at {checkpoint}" if checkpoint.exists() else ""
+    raise WWGANError(f"non-finite {bad} at iteration {iteration}{kept}")
+
+
+# ----------------------------------------------------------------------------------------
+# the run directory: lock, signals, checkpoints, metrics (what keeps a run safe)
+# ----------------------------------------------------------------------------------------
+
+
+class RunDir:
+    """A training run's directory OUT, and everything that keeps it safe, for train():
+
+    - one trainer per directory: an flock on OUT/.lock (see claim_run_dir);
+    - signals: within `with run:` STOP_SIGNALS only ask to stop; `stop_if_requested`
+      then checkpoints the last finished iteration and raises TrainingInterrupted (exit
+      EXIT_STOPPED), and a second signal changes nothing;
+    - checkpoints written atomically with the previous copy kept (`.prev.pt`), read back
+      with a fallback to it; resume restores weights, optimizers, iteration and RNGs;
+    - metrics.jsonl rows (the source of truth; with config.tensorboard also TensorBoard
+      events), trimmed on resume to the checkpoint's iteration so no row is doubled;
+    - a checkpoint also every config.checkpoint_minutes of wall clock;
+    - under DDP, the ranks' agreement on when to stop and when to checkpoint. Their
+      all-reduce syncs with the device, so they agree only every config.log_every
+      iterations, where the loop reads losses back anyway (a stop waits for that).
+
+    Only rank 0 writes. Methods are called by train() at the places they act."""
+
+    def __init__(self, config: TrainConfig, ctx=None, device=None):
+        self.config, self.ctx = config, ctx or DistributedContext()
+        self.device = device or torch.device("cpu")
+        self.out = Path(config.out)
+        self.checkpoint_path = self.out / "checkpoint.pt"
+        self.checkpoint_due = False  # by --checkpoint-minutes, agreed by all ranks
+        self._checkpointed_at, self._checkpointed_time = -1, time.monotonic()
+        self._stack = contextlib.ExitStack()
+        self._signals: list[int] = []  # received, in order (stop_requests)
+        self._metrics = self._tensorboard = None
+
+    def __enter__(self) -> RunDir:
+        self._signals = self._stack.enter_context(stop_requests())
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.close()  # files, the lock and the signal handlers, in reverse order
+
+    def closes(self, resource) -> None:
+        """Close `resource` (a progress bar, ...) when the run ends, however it ends."""
+        self._stack.enter_context(resource)
+
+    def resume(self, state: TrainState) -> None:
+        """Claim OUT for this trainer (rank 0) and continue from OUT/checkpoint.pt (or its
+        previous copy) when there is one: weights, optimizers, iteration, clock and every
+        RNG state. Then write config.json and open metrics.jsonl, without the rows logged
+        after the checkpoint (they will be redone)."""
+        config, main = self.config, self.ctx.is_main
+        if main:  # other ranks hold no lock: the files are rank 0's
+            self._stack.enter_context(claim_run_dir(self.out))
+            for stale in [*self.out.glob(".*.tmp-*"), *self.out.glob("snapshots/.*.tmp-*")]:
+                stale.unlink()  # left by a run killed mid-write (kill -9 skips its cleanup)
+        self._checkpointed_time = time.monotonic()
+        checkpoint = load_latest_checkpoint(self.checkpoint_path, map_location=self.device)
+        if checkpoint is not None:
+            check_resumable(checkpoint, config, self.checkpoint_path)
+            state.generator.load_state_dict(checkpoint["generator"])
+            state.critic.load_state_dict(checkpoint["critic"])
+            state.generator_opt.load_state_dict(checkpoint["generator_opt"])
+            state.critic_opt.load_state_dict(checkpoint["critic_opt"])
+            state.iteration = self._checkpointed_at = checkpoint["iteration"]
+            state.train_seconds = checkpoint["train_seconds"]
+            set_rng_state(checkpoint["rng"])
+        if not main:
+            return
+        _truncate_metrics(self.out / "metrics.jsonl", state.iteration)
+        write_json(config.to_dict(), self.out / "config.json")
+        (self.out / "samples").mkdir(exist_ok=True)
+        if config.snapshot_every:
+            (self.out / "snapshots").mkdir(exist_ok=True)
+        self._metrics = self._stack.enter_context(open(self.out / "metrics.jsonl", "a"))  # noqa: SIM115 -- closed by the stack
+        if config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise WWGANError(
+                    "--tensorboard needs the tensorboard package: pip install tensorboard"
+                ) from None
+            # purge_step: events a killed run logged after its checkpoint are dropped
+            self._tensorboard = self._stack.enter_context(
+                SummaryWriter(str(self.out / "tensorboard"), purge_step=state.iteration + 1)
+            )
+
+    def stop_if_requested(self, state: TrainState) -> None:
+        """Between two generator iterations: set `checkpoint_due` (--checkpoint-minutes)
+        and, when a signal asked to stop, checkpoint the last finished iteration (unless
+        that is the one on disk) and raise TrainingInterrupted. Weights gone non-finite in
+        an iteration that the CUDA loop did not check are not saved."""
+        minutes = self.config.checkpoint_minutes
+        due = minutes > 0 and time.monotonic() - self._checkpointed_time >= 60 * minutes
+        flags = [float(due), float(bool(self._signals))]
+        if self.ctx.world_size > 1:
+            if not _is_interval(state.iteration, self.config.log_every):
+                self.checkpoint_due = False
+                return
+            import torch.distributed as dist
+
+            tensor = torch.tensor(flags, device=self.device)
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+            flags = tensor.tolist()
+        self.checkpoint_due = bool(flags[0])
+        if not flags[1]:
+            return
+        name = (
+            signal.Signals(self._signals[0]).name if self._signals else "a signal on another rank"
+        )
+        path = self.checkpoint_path
+        if self.ctx.is_main and self._checkpointed_at != state.iteration:
+            modules = (state.generator, state.critic)
+            if not all(torch.isfinite(p).all() for m in modules for p in m.parameters()):
+                raise WWGANError(
+                    f"stopped by {name}: weights are non-finite at iteration {state.iteration}; "
+                    f"last good checkpoint kept at {path}"
+                )
+            self.save_checkpoint(state)
+        raise TrainingInterrupted(
+            f"stopped by {name} after iteration {state.iteration} of {self.config.iterations}: "
+            f"checkpoint {path}; rerun the same command to resume"
+        )
+
+    def log(self, state: TrainState, terms: dict) -> None:
+        """One metrics.jsonl row: every loss term, the iteration and the training time;
+        the same scalars as TensorBoard events when enabled."""
+        row = {name: float(value) for name, value in terms.items()}
+        if self._tensorboard is not None:
+            for name, value in row.items():
+                self._tensorboard.add_scalar(name, value, state.iteration)
+        row.update(iteration=state.iteration, train_seconds=round(state.train_seconds, 4))
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+
+    def save_samples(self, generator: nn.Module, z: torch.Tensor, iteration: int) -> None:
+        """samples/iter_N.png: a grid of G(z) in eval mode, [-1, 1] mapped to [0, 1]."""
+        import torchvision.utils
+
+        was_training = generator.training
+        generator.eval()
+        with torch.no_grad():
+            images = generator(z).float().cpu()
+        generator.train(was_training)
+        grid = torchvision.utils.make_grid(
+            images, nrow=int(math.sqrt(len(z))) or 1, normalize=True, value_range=(-1, 1)
+        )
+        torchvision.utils.save_image(grid, self.out / "samples" / f"iter_{iteration:07d}.png")
+        if self._tensorboard is not None:
+            self._tensorboard.add_image("samples", grid, iteration)
+
+    def save_snapshot(self, state: TrainState) -> None:
+        """snapshots/snapshot_N.pt: both models, since critics are compared at matched
+        generator FID, not at matched iterations (Figs. 4-5)."""
+        snapshot = dict(
+            generator=state.generator.state_dict(),
+            critic=state.critic.state_dict(),
+            iteration=state.iteration,
+            train_seconds=state.train_seconds,
+            config=self.config.to_dict(),
+        )
+        atomic_torch_save(snapshot, snapshot_path(self.out, state.iteration))
+
+    def save_checkpoint(self, state: TrainState) -> None:
+        """OUT/checkpoint.pt, atomically, the previous one kept as checkpoint.prev.pt."""
+        self._metrics.flush()
+        if self._tensorboard is not None:
+            self._tensorboard.flush()
+        checkpoint = dict(
+            generator=state.generator.state_dict(),
+            critic=state.critic.state_dict(),
+            generator_opt=state.generator_opt.state_dict(),
+            critic_opt=state.critic_opt.state_dict(),
+            iteration=state.iteration,
+            train_seconds=state.train_seconds,
+            rng=rng_state(),
+            config=self.config.to_dict(),
+            version=1,
+        )
+        atomic_torch_save(checkpoint, self.checkpoint_path, keep_previous=True)
+        self._checkpointed_at, self._checkpointed_time = state.iteration, time.monotonic()
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Keep the metric rows up to `iteration` (the checkpoint resumed from; 0 for a fresh
+    start): rows logged later will be redone. Rewritten atomically, so a kill mid-trim
+    loses nothing."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            if json.loads(line)["iteration"] <= iteration:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass  # a row torn by a kill, or a blank line
+    with atomic_write(path, "w") as f:
+        f.write("".join(line + "\n" for line in kept))
+
+
+# -- checkpoint files, the lock and stop signals --
 
 
 def rng_state() -> dict:
@@ -1642,451 +2163,6 @@ def read_run_config(run_dir: str | Path) -> dict | None:
     if not isinstance(values, dict):
         raise WWGANError(f"{path}: not a run's config (a JSON object)")
     return values
-
-
-# -- performance: CUDA backend flags and torch.compile --
-
-
-@contextlib.contextmanager
-def gpu_performance_flags(device: torch.device, tf32: bool = True, cudnn_benchmark: bool = True):
-    """On CUDA: allow TF32 in matmuls and convolutions (the models; the quadratic form has
-    neither and stays float32) and let cuDNN autotune, restoring the global flags on exit
-    so that nothing leaks out of train(). CPU: nothing changes."""
-    if device.type != "cuda":
-        yield
-        return
-    flags = (
-        (torch.backends.cuda.matmul, "allow_tf32", tf32),
-        (torch.backends.cudnn, "allow_tf32", tf32),
-        (torch.backends.cudnn, "benchmark", cudnn_benchmark),
-    )
-    previous = [getattr(owner, name) for owner, name, _ in flags]
-    for owner, name, value in flags:
-        setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        for (owner, name, _), value in zip(flags, previous):
-            setattr(owner, name, value)
-
-
-def step_models(config: TrainConfig, *modules: nn.Module) -> tuple:
-    """The modules the hot loop calls: themselves, or with `config.compile` torch.compile'd
-    views sharing their parameters (checkpoints keep saving the plain modules; a module
-    passed twice gets one view). Pass only modules used first-order: the critic inside
-    critic_step stays eager, because its penalty is differentiated twice and torch.compile
-    (aot_autograd) does not support double backward."""
-    if not config.compile:
-        return modules
-    views = {}
-    for module in modules:
-        if id(module) not in views:
-            views[id(module)] = torch.compile(module)
-    return tuple(views[id(module)] for module in modules)
-
-
-# -- distributed data parallel (torchrun) --
-
-
-@dataclass(frozen=True)
-class DistributedContext:
-    rank: int = 0
-    world_size: int = 1
-    owns_group: bool = False  # train() opened the process group, so it closes it
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> tuple[DistributedContext, torch.device]:
-    """Join the process group that `torchrun` describes (WORLD_SIZE > 1 in the
-    environment): NCCL with the GPU of LOCAL_RANK on CUDA, gloo on CPU. A group the caller
-    already opened is used as is. One process: (DistributedContext(), device)."""
-    import torch.distributed as dist
-
-    joined = dist.is_available() and dist.is_initialized()
-    if not joined and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return DistributedContext(), device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not joined:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistributedContext(dist.get_rank(), dist.get_world_size(), not joined), device
-
-
-def _mean_over_ranks(terms: dict, ctx: DistributedContext) -> dict:
-    """Average the detached loss terms over ranks, so that every rank logs the loss of the
-    whole batch and takes the same NaN decision (a rank that skips a step alone would
-    fall out of step with the others)."""
-    if ctx.world_size == 1:
-        return terms
-    import torch.distributed as dist
-
-    names = sorted(terms)
-    values = torch.stack([terms[name].float().reshape(()) for name in names])
-    dist.all_reduce(values)
-    return dict(zip(names, (values / ctx.world_size).unbind()))
-
-
-# ----------------------------------------------------------------------------------------
-# the training loop (Algorithm 1)
-# ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainState:
-    generator: Generator
-    critic: Critic
-    generator_opt: torch.optim.Optimizer
-    critic_opt: torch.optim.Optimizer
-    iteration: int = 0
-    train_seconds: float = 0.0
-
-
-@dataclass
-class _Loop:
-    """What one training process holds besides the TrainState: its data, the modules its
-    steps call (DDP-wrapped and/or compiled views), where it writes."""
-
-    config: TrainConfig
-    ctx: DistributedContext
-    device: torch.device
-    images: torch.Tensor
-    local_batch: int
-    fixed_z: torch.Tensor
-    out: Path
-    ddp_critic: nn.Module = None
-    step_generator: nn.Module = None  # for samples in critic steps
-    step_ddp_generator: nn.Module = None  # trained by the generator step
-    step_critic: nn.Module = None  # read by the generator step
-    metrics_file: Any = None
-    lock_file: Any = None  # rank 0's lock on OUT, held until train() returns
-    stop: list = field(default_factory=list)  # signals received (stop_requests)
-    checkpointed_at: int = -1  # the iteration of the last checkpoint written or resumed
-    checkpointed_time: float = 0.0  # and when (time.monotonic())
-    checkpoint_due: bool = False  # by --checkpoint-minutes, agreed by all ranks
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.out / "checkpoint.pt"
-
-
-def _checkpoint_dict(state: TrainState, config: TrainConfig) -> dict:
-    return dict(
-        generator=state.generator.state_dict(),
-        critic=state.critic.state_dict(),
-        generator_opt=state.generator_opt.state_dict(),
-        critic_opt=state.critic_opt.state_dict(),
-        iteration=state.iteration,
-        train_seconds=state.train_seconds,
-        rng=rng_state(),
-        config=config.to_dict(),
-        version=1,
-    )
-
-
-def save_samples(generator: nn.Module, z: torch.Tensor, path: Path) -> None:
-    """An image grid of G(z), with [-1, 1] mapped to [0, 1] (not clamped at 0)."""
-    import torchvision.utils
-
-    was_training = generator.training
-    generator.eval()
-    with torch.no_grad():
-        images = generator(z).float().cpu()
-    generator.train(was_training)
-    torchvision.utils.save_image(
-        images, path, nrow=int(math.sqrt(len(z))) or 1, normalize=True, value_range=(-1, 1)
-    )
-
-
-def _setup(config: TrainConfig, ctx: DistributedContext, device: torch.device):
-    """Data, models, optimizers and the fixed latents of a fresh run, in the order that
-    fixes the RNG streams. Nothing is written before the data has loaded."""
-    if config.batch_size % ctx.world_size:
-        raise WWGANError(
-            f"batch size {config.batch_size} does not split over "
-            f"{ctx.world_size} processes; use a multiple of {ctx.world_size}"
-        )
-    out = Path(config.out)
-    images = load_dataset(config)  # before creating OUT: missing data leaves nothing behind
-    lock_file = claim_run_dir(out) if ctx.is_main else None
-    if tuple(images.shape[1:]) != (config.channels, config.image_size, config.image_size):
-        raise WWGANError(
-            f"dataset images are {tuple(images.shape[1:])}, the model expects "
-            f"{(config.channels, config.image_size, config.image_size)}"
-        )
-    seed_everything(config.seed)
-    generator, critic = build_models(config)
-    if ctx.world_size > 1 and device.type == "cuda":
-        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
-    generator, critic = generator.to(device), critic.to(device)
-    state = TrainState(generator, critic, *make_optimizers(config, generator, critic))
-    # A fixed latent batch for sample grids, from its own generator: the training RNG
-    # stream must not depend on whether and how often samples are drawn.
-    fixed_z = torch.randn(
-        64, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1)
-    ).to(device)
-    loop = _Loop(
-        config, ctx, device, images.to(device), config.batch_size // ctx.world_size, fixed_z, out
-    )
-    loop.lock_file = lock_file
-    return state, loop
-
-
-def _resume(state: TrainState, loop: _Loop) -> None:
-    """Continue from OUT/checkpoint.pt (or its previous copy) when there is one: weights,
-    optimizers, iteration, clock and every RNG state, so a resumed run is bit-identical
-    to an uninterrupted one on CPU. Metric rows past the checkpoint are dropped."""
-    if loop.ctx.is_main:  # other ranks hold no lock: the files are rank 0's
-        for stale in [*loop.out.glob(".*.tmp-*"), *loop.out.glob("snapshots/.*.tmp-*")]:
-            stale.unlink()  # left by a run killed mid-write (kill -9 skips its cleanup)
-    loop.checkpointed_time = time.monotonic()
-    checkpoint = load_latest_checkpoint(loop.checkpoint_path, map_location=loop.device)
-    if checkpoint is None:
-        return
-    check_resumable(checkpoint, loop.config, loop.checkpoint_path)
-    state.generator.load_state_dict(checkpoint["generator"])
-    state.critic.load_state_dict(checkpoint["critic"])
-    state.generator_opt.load_state_dict(checkpoint["generator_opt"])
-    state.critic_opt.load_state_dict(checkpoint["critic_opt"])
-    state.iteration, state.train_seconds = checkpoint["iteration"], checkpoint["train_seconds"]
-    loop.checkpointed_at = state.iteration
-    set_rng_state(checkpoint["rng"])
-    if loop.ctx.is_main:
-        _truncate_metrics(loop.out / "metrics.jsonl", state.iteration)
-
-
-def _wrap_models(state: TrainState, loop: _Loop) -> None:
-    """DDP wrappers (model weights come from rank 0; data, latents and eps must not, so
-    other ranks reseed) and, with config.compile, compiled views of what the loop calls
-    first-order only."""
-    config, ctx, device = loop.config, loop.ctx, loop.device
-    ddp_generator, ddp_critic = state.generator, state.critic
-    if ctx.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        if ctx.rank > 0:
-            stream = np.random.SeedSequence([config.seed, ctx.rank, state.iteration])
-            seed_everything(int(stream.generate_state(1)[0]))
-        device_ids = [device.index] if device.type == "cuda" else None
-        ddp_generator = DDP(state.generator, device_ids=device_ids)
-        ddp_critic = DDP(state.critic, device_ids=device_ids)
-    loop.ddp_critic = ddp_critic
-    loop.step_generator, loop.step_ddp_generator, loop.step_critic = step_models(
-        config, state.generator, ddp_generator, state.critic
-    )
-
-
-def _generator_iteration(state: TrainState, loop: _Loop) -> tuple[dict, dict]:
-    """n_critic critic updates and one generator update (Algorithm 1, lines 2-12), with
-    the NaN guard where the host reads values anyway. Returns the last loss terms."""
-    config, device = loop.config, loop.device
-    next_it = state.iteration + 1
-    # Checking a loss for NaN syncs with the device; on CUDA do it only where the host
-    # reads values anyway, and before every checkpoint (so none holds NaN).
-    check = (
-        device.type != "cuda"
-        or config.nan_policy == "skip"
-        or next_it in (1, config.iterations)
-        or _is_interval(next_it, config.log_every)
-        or _is_interval(next_it, config.checkpoint_every)
-        or loop.checkpoint_due
-    )
-    for _ in range(config.n_critic):
-        terms = critic_step(
-            config,
-            loop.step_generator,
-            loop.ddp_critic,
-            state.critic_opt,
-            loop.images,
-            loop.local_batch,
-        )
-        if check:
-            terms = _mean_over_ranks(terms, loop.ctx)
-            if not _check_step(config, state, terms, loop.checkpoint_path):
-                continue
-        state.critic_opt.step()
-    g_terms = generator_step(
-        config,
-        loop.step_ddp_generator,
-        loop.step_critic,
-        state.generator_opt,
-        device,
-        loop.local_batch,
-    )
-    if check:
-        g_terms = _mean_over_ranks(g_terms, loop.ctx)
-    if not check or _check_step(config, state, g_terms, loop.checkpoint_path):
-        state.generator_opt.step()
-    return terms, g_terms
-
-
-def _write_outputs(state: TrainState, loop: _Loop, terms: dict, bar) -> None:
-    """What rank 0 writes after an iteration: metrics, sample grids, model snapshots
-    and checkpoints, each at its interval and all at the last iteration."""
-    config, it = loop.config, state.iteration
-    last = it == config.iterations
-    if _is_interval(it, config.log_every) or last or it == 1:  # 1: the scale s at the start
-        row = {k: float(v) for k, v in terms.items()}
-        row.update(iteration=it, train_seconds=round(state.train_seconds, 4))
-        loop.metrics_file.write(json.dumps(row) + "\n")
-        loop.metrics_file.flush()
-        bar.set_postfix(
-            d=f"{row['critic_loss']:.3f}",
-            g=f"{row['generator_loss']:.3f}",
-            gn=f"{row['grad_norm']:.2f}",
-        )
-    if _is_interval(it, config.sample_every) or last:
-        save_samples(state.generator, loop.fixed_z, loop.out / "samples" / f"iter_{it:07d}.png")
-    if _is_interval(it, config.snapshot_every):  # both models: critics are compared at
-        snapshot = dict(  # matched generator FID, not at matched iterations (Figs. 4-5)
-            generator=state.generator.state_dict(),
-            critic=state.critic.state_dict(),
-            iteration=it,
-            train_seconds=state.train_seconds,
-            config=config.to_dict(),
-        )
-        atomic_torch_save(snapshot, snapshot_path(loop.out, it))
-    if _is_interval(it, config.checkpoint_every) or last or loop.checkpoint_due:
-        _save_checkpoint(state, loop)
-
-
-def _save_checkpoint(state: TrainState, loop: _Loop) -> None:
-    loop.metrics_file.flush()
-    atomic_torch_save(
-        _checkpoint_dict(state, loop.config), loop.checkpoint_path, keep_previous=True
-    )
-    loop.checkpointed_at, loop.checkpointed_time = state.iteration, time.monotonic()
-
-
-def _at_boundary(loop: _Loop, iteration: int) -> bool:
-    """Between two generator iterations: set loop.checkpoint_due (--checkpoint-minutes)
-    and return whether to stop (a signal). Under DDP the ranks must agree, so that all
-    stop after the same iteration and all run the NaN check before a checkpoint; their
-    all-reduce syncs with the device, so they agree only every --log-every iterations,
-    where the loop reads losses back anyway (a stop then waits for that iteration)."""
-    minutes = loop.config.checkpoint_minutes
-    due = minutes > 0 and time.monotonic() - loop.checkpointed_time >= 60 * minutes
-    flags = [float(due), float(bool(loop.stop))]
-    if loop.ctx.world_size > 1:
-        if not _is_interval(iteration, loop.config.log_every):
-            loop.checkpoint_due = False
-            return False
-        import torch.distributed as dist
-
-        tensor = torch.tensor(flags, device=loop.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        flags = tensor.tolist()
-    loop.checkpoint_due = bool(flags[0])
-    return bool(flags[1])
-
-
-def _stop(state: TrainState, loop: _Loop) -> None:
-    """A signal arrived: checkpoint the last finished iteration (unless that is the
-    checkpoint on disk) and raise TrainingInterrupted, which the CLI turns into one line
-    and exit status EXIT_STOPPED. Weights gone non-finite in an iteration that the CUDA
-    loop did not check are not saved: the last good checkpoint stays."""
-    name = signal.Signals(loop.stop[0]).name if loop.stop else "a signal on another rank"
-    path = loop.checkpoint_path
-    if loop.ctx.is_main and loop.checkpointed_at != state.iteration:
-        modules = (state.generator, state.critic)
-        if not all(torch.isfinite(p).all() for m in modules for p in m.parameters()):
-            raise WWGANError(
-                f"stopped by {name}: weights are non-finite at iteration {state.iteration}; "
-                f"last good checkpoint kept at {path}"
-            )
-        _save_checkpoint(state, loop)
-    raise TrainingInterrupted(
-        f"stopped by {name} after iteration {state.iteration} of {loop.config.iterations}: "
-        f"checkpoint {path}; rerun the same command to resume"
-    )
-
-
-def train(config: TrainConfig, progress: bool = True) -> TrainState:
-    """Algorithm 1. Resumes from OUT/checkpoint.pt when it exists; writes config.json,
-    metrics.jsonl, samples/, snapshots/ and checkpoints into config.out.
-
-    Under `torchrun --nproc_per_node=N wwgan.py train ...` it runs DistributedDataParallel:
-    each rank draws its own batch_size / N real images, latents and eps (its own RNG
-    stream), DDP averages the gradients, so a step equals one step on the whole batch;
-    rank 0 alone writes files. On CUDA the generator's BatchNorm becomes SyncBatchNorm
-    (statistics over the whole batch, as in one process); on CPU (gloo, no SyncBatchNorm)
-    each rank normalizes with its own share's statistics."""
-    ctx, device = init_distributed(select_device(config.device))
-    loop = None
-    try:
-        with contextlib.ExitStack() as stack:
-            stop = stack.enter_context(stop_requests())
-            state, loop = _setup(config, ctx, device)
-            loop.stop = stop
-            _resume(state, loop)
-            _wrap_models(state, loop)
-            if ctx.is_main:
-                (loop.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-                (loop.out / "samples").mkdir(exist_ok=True)
-                if config.snapshot_every:
-                    (loop.out / "snapshots").mkdir(exist_ok=True)
-                loop.metrics_file = stack.enter_context(open(loop.out / "metrics.jsonl", "a"))
-            bar = stack.enter_context(
-                tqdm(
-                    total=config.iterations,
-                    initial=state.iteration,
-                    dynamic_ncols=True,
-                    disable=not (progress and ctx.is_main),
-                    desc=f"{config.loss} {config.dataset}",
-                )
-            )
-            stack.enter_context(gpu_performance_flags(device, config.tf32, config.cudnn_benchmark))
-            while state.iteration < config.iterations:
-                if _at_boundary(loop, state.iteration):
-                    _stop(state, loop)
-                started = time.perf_counter()
-                terms, g_terms = _generator_iteration(state, loop)
-                state.train_seconds += time.perf_counter() - started
-                state.iteration += 1
-                bar.update(1)
-                if ctx.is_main:
-                    _write_outputs(state, loop, {**terms, **g_terms}, bar)
-    finally:
-        if loop is not None and loop.lock_file is not None:
-            loop.lock_file.close()
-        if ctx.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-    return state
-
-
-def _truncate_metrics(path: Path, iteration: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from (they will be redone)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["iteration"] <= iteration:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            pass  # a row torn by a kill, or a blank line
-    path.write_text("".join(line + "\n" for line in kept))
-
-
-def _is_interval(iteration: int, every: int) -> bool:
-    return every > 0 and iteration % every == 0
-
-
-def _check_step(config: TrainConfig, state: TrainState, terms: dict, ckpt_path: Path) -> bool:
-    """NaN/inf guard: True when the step may be applied. Stops (policy "stop") with the
-    iteration and the loss term named, or returns False to skip the step ("skip")."""
-    bad = next((name for name, value in terms.items() if not torch.isfinite(value).all()), None)
-    if bad is None:
-        return True
-    if config.nan_policy == "skip":
-        return False
-    kept = f"; last good checkpoint kept at {ckpt_path}" if ckpt_path.exists() else ""
-    raise WWGANError(f"non-finite {bad} at iteration {state.iteration + 1}{kept}")
 
 
 # ----------------------------------------------------------------------------------------

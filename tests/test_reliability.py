@@ -274,19 +274,19 @@ def test_one_trainer_per_run_directory_and_a_killed_ones_is_free_at_once(tmp_pat
 
 def test_checkpoint_minutes_adds_checkpoints_by_wall_clock(tmp_path, monkeypatch):
     clock, saved = [0.0], []
-    real_save, real_generator_step = wwgan._save_checkpoint, wwgan.generator_step
+    real_save, real_generator_step = wwgan.RunDir.save_checkpoint, wwgan.generator_step
 
     def generator_step(*args, **kwargs):
         clock[0] += 4 * 60  # each iteration takes four minutes
         return real_generator_step(*args, **kwargs)
 
-    def save(state, loop):
+    def save(run, state):
         saved.append(state.iteration)
-        real_save(state, loop)
+        real_save(run, state)
 
     monkeypatch.setattr(wwgan.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(wwgan, "generator_step", generator_step)
-    monkeypatch.setattr(wwgan, "_save_checkpoint", save)
+    monkeypatch.setattr(wwgan.RunDir, "save_checkpoint", save)
     wwgan.train(tiny_config(tmp_path / "timed", checkpoint_every=1000), progress=False)
     # 10 minutes pass during iteration 3, so iteration 4 checkpoints; then 6, the last
     assert saved == [4, 6]
