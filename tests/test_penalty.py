@@ -450,3 +450,54 @@ def test_scale_of_a_fresh_paper_critic_on_real_cifar10():
         scales[scale] = float((norms / l2).mean())
     assert 1.0 <= scales["unit-mass"] <= 4.0, scales
     assert 30.0 <= scales["intensity"] <= 60.0, scales
+
+
+# -- inputs the penalty refuses, and what it says (README, "Use the penalty") -----------
+
+
+def small_critic():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 1))
+
+
+def test_flattened_images_are_refused_with_the_shape_to_use():
+    flat = torch.rand(4, 3 * 8 * 8) * 2 - 1
+    critic = nn.Sequential(nn.Linear(3 * 8 * 8, 1))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\) of one shape; got \(4, 192\)"):
+        wwgan.gradient_penalty(critic, flat, flat, loss="wgan-gp")
+
+
+@pytest.mark.parametrize("loss", ["wwgan", "wwgan-authors"])
+def test_w2_penalty_refuses_images_outside_minus_one_one(loss):
+    real = torch.rand(4, 3, 8, 8) * 255  # uint8-range data passed as floats
+    fake = torch.rand(4, 3, 8, 8) * 2 - 1
+    with pytest.raises(ValueError, match=r"must be in \[-1, 1\].*x / 127.5 - 1"):
+        wwgan.gradient_penalty(small_critic(), real, fake, loss=loss)
+    # WGAN-GP has no density: any range is its user's choice
+    penalty, _ = wwgan.gradient_penalty(small_critic(), real, fake, loss="wgan-gp")
+    assert torch.isfinite(penalty)
+
+
+def test_images_in_zero_one_are_computed_with_a_warning(capsys, monkeypatch):
+    monkeypatch.setattr(wwgan, "_VALUES_CHECKED", set())
+    real, fake = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
+    wrong, _ = wwgan.gradient_penalty(small_critic(), real, fake, eps=torch.full((4, 1, 1, 1), 0.5))
+    err = capsys.readouterr().err
+    assert "no negative value" in err and "x * 2 - 1" in err
+    right, _ = wwgan.gradient_penalty(
+        small_critic(), real * 2 - 1, fake * 2 - 1, eps=torch.full((4, 1, 1, 1), 0.5)
+    )
+    assert capsys.readouterr().err == ""  # warned once per process
+    assert float(wrong) != pytest.approx(float(right), rel=1e-3)  # the range changes the value
+
+
+def test_negative_density_is_refused():
+    with pytest.raises(ValueError, match="density must be nonnegative"):
+        wwgan.laplacian_quadratic_form(torch.ones(1, 3, 4, 4), -torch.ones(1, 3, 4, 4))
+
+
+def test_values_are_read_back_once_per_accelerator_and_always_on_cpu(monkeypatch):
+    monkeypatch.setattr(wwgan, "_VALUES_CHECKED", set())
+    on_device = torch.empty(2, 3, 4, 4, device="meta")  # stands for any non-CPU device
+    assert [wwgan._check_values("images", on_device) for _ in range(3)] == [True, False, False]
+    assert all(wwgan._check_values("images", torch.zeros(1)) for _ in range(3))

@@ -1,5 +1,6 @@
 """Algorithm 1's trainer: models, determinism, bit-identical resume, checkpoints, NaN guard."""
 
+import dataclasses
 import json
 
 import pytest
@@ -298,3 +299,97 @@ def test_compiled_training_matches_eager_and_saves_plain_modules(tmp_path):
         generator.state_dict()["main.0.weight"] - initial_generator.state_dict()["main.0.weight"]
     )
     assert moved.abs().max() > 1e-5  # the compiled views trained the saved modules
+
+
+def test_config_resolves_defaults_that_depend_on_other_fields_as_the_cli_does(
+    tmp_path, monkeypatch
+):
+    assert wwgan.TrainConfig(dataset="celeba").image_size == 64
+    assert wwgan.TrainConfig(dataset="cifar10").image_size == 32
+    robust = wwgan.TrainConfig(optimizer="robustness")
+    assert (robust.lr, robust.beta1, robust.beta2) == (3e-4, 0.5, 0.9)
+    assert wwgan.TrainConfig(optimizer="robustness", lr=1e-3).lr == 1e-3
+
+    # the CLI builds the same config: the same identity as from Python
+    class Built(Exception):
+        pass
+
+    def record(config, progress):
+        raise Built(config)
+
+    monkeypatch.setattr(wwgan, "train", record)
+    argv = ["train", "--dataset", "celeba", "--optimizer", "robustness", "--out", str(tmp_path)]
+    with pytest.raises(Built) as built:
+        wwgan.cli.main(argv, standalone_mode=False)
+    expected = wwgan.TrainConfig(dataset="celeba", optimizer="robustness", out=str(tmp_path))
+    assert built.value.args[0].identity() == expected.identity()
+
+
+def test_identity_fields_are_the_ones_marked_and_decide_resumability(tmp_path):
+    base = tiny_config(tmp_path, iterations=2)
+    marked = [f.name for f in dataclasses.fields(wwgan.TrainConfig) if f.metadata["identity"]]
+    assert list(base.identity()) == marked == list(wwgan.IDENTITY_FIELDS)
+    assert "seed" not in base.identity(exclude=("seed",))
+    wwgan.train(base, progress=False)
+    for name, value in [("lam", 3.0), ("alpha", 2.0), ("lr", 5e-4), ("density_scale", "unit-mass")]:
+        changed = dataclasses.replace(base, **{name: value})
+        assert changed.identity() != base.identity()
+        with pytest.raises(wwgan.WWGANError, match=f"{name}="):
+            wwgan.train(changed, progress=False)
+    longer = dataclasses.replace(base, iterations=3, log_every=1, label="x", tensorboard=False)
+    assert longer.identity() == base.identity()
+    assert wwgan.train(longer, progress=False).iteration == 3
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(lr=float("nan")), "lr must be a finite number, got nan"),
+        (dict(lam=float("inf")), "lam must be a finite number, got inf"),
+        (dict(seed=-1), "seed must be >= 0, got -1"),
+        (dict(beta1=1.5), "beta1 must be <= 1, got 1.5"),
+        (dict(celeba_crop=300), "celeba_crop must be <= 178, got 300"),
+    ],
+)
+def test_bounds_declared_once_are_checked_from_python(bad, message):
+    with pytest.raises(wwgan.WWGANError, match=message):
+        wwgan.TrainConfig(**bad)
+
+
+def test_cli_refuses_nan_that_a_plain_range_would_pass(tmp_path, capsys):
+    from conftest import invoke
+
+    code, _, err = invoke(capsys, "wwgan", "train", "--out", tmp_path / "r", "--lr", "nan")
+    assert code == 2 and "nan is not a finite number" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_tensorboard_events_match_metrics_and_resume_does_not_duplicate(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(tmp_path, iterations=6, log_every=1, checkpoint_every=3, tensorboard=True)
+    real_step, calls = wwgan.generator_step, [0]
+
+    def dies_in_iteration_5(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 5:
+            raise RuntimeError("killed")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(wwgan, "generator_step", dies_in_iteration_5)
+    with pytest.raises(RuntimeError, match="killed"):
+        wwgan.train(config, progress=False)  # logged 1-4, checkpointed at 3
+    monkeypatch.setattr(wwgan, "generator_step", real_step)
+    wwgan.train(config, progress=False)  # resumes at 3: 4 is logged again
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    names = ("critic_loss", "generator_loss", "penalty", "grad_norm", "grad_l2_norm",
+             "norm_scale", "lam_effective", "wasserstein")  # fmt: skip
+    assert set(names) <= set(events.Tags()["scalars"])
+    for name in names:
+        scalars = events.Scalars(name)
+        assert [s.step for s in scalars] == [1, 2, 3, 4, 5, 6], name
+        assert [s.value for s in scalars] == pytest.approx([r[name] for r in rows], rel=1e-6)
+    assert [image.step for image in events.Images("samples")] == [3, 6]
