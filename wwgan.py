@@ -25,6 +25,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import socket
 import sys
@@ -54,7 +55,8 @@ __all__ = [  # by section, in pipeline order
     "images_to_density", "gradient_norm", "gradient_penalty",
     "penalty_settings", "make_optimizers", "critic_objective", "critic_step",
     "generator_step", "train", "TrainState", "RunDir", "TrainingInterrupted", "STOP_SIGNALS", "EXIT_STOPPED",
-    "load_checkpoint", "load_latest_checkpoint", "read_run_config",
+    "load_checkpoint", "load_latest_checkpoint", "newest_checkpoint", "content_digest",
+    "read_run_config",
     "snapshot_paths", "load_models", "load_run", "generated_batches", "images_to_uint8",
     "sample_grid",
     "cli", "main", "run_cli",
@@ -394,7 +396,12 @@ def atomic_write(path: str | Path, mode: str = "wb", keep_previous: bool = False
             f.flush()
             os.fsync(f.fileno())
         if keep_previous and path.exists():
-            os.replace(path, previous_checkpoint_path(path))
+            # Link, then rename: `path` exists at every moment (the old file, then the new
+            # one), so a kill between the two steps leaves two complete copies.
+            linked = path.with_name(f".{path.name}.prev.tmp-{os.getpid()}")
+            linked.unlink(missing_ok=True)
+            os.link(path, linked)
+            os.replace(linked, previous_checkpoint_path(path))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -1835,6 +1842,7 @@ class RunDir:
         self._stack = contextlib.ExitStack()
         self._signals: list[int] = []  # received, in order (stop_requests)
         self._metrics = self._tensorboard = None
+        self._rotate = True  # whether checkpoint.pt is verified, so may become .prev.pt
 
     def __enter__(self) -> RunDir:
         self._signals = self._stack.enter_context(stop_requests())
@@ -1852,22 +1860,38 @@ class RunDir:
         previous copy) when there is one: weights, optimizers, iteration, clock and every
         RNG state. Then write config.json and open metrics.jsonl, without the rows logged
         after the checkpoint (they will be redone)."""
-        config, main = self.config, self.ctx.is_main
+        config, main, path = self.config, self.ctx.is_main, self.checkpoint_path
         if main:  # other ranks hold no lock: the files are rank 0's
             self._stack.enter_context(claim_run_dir(self.out))
             for stale in [*self.out.glob(".*.tmp-*"), *self.out.glob("snapshots/.*.tmp-*")]:
-                stale.unlink()  # left by a run killed mid-write (kill -9 skips its cleanup)
+                # Left by a run killed mid-write (kill -9 skips its cleanup); a complete
+                # first checkpoint whose rename the kill prevented is kept, never swept.
+                if stale.name.startswith(f".{path.name}.tmp-") and not path.exists():
+                    with contextlib.suppress(WWGANError):
+                        load_checkpoint(stale)
+                        os.replace(stale, path)
+                        continue
+                stale.unlink()
         self._checkpointed_time = time.monotonic()
-        checkpoint = load_latest_checkpoint(self.checkpoint_path, map_location=self.device)
+        checkpoint, source = newest_checkpoint(path, map_location=self.device)
+        # Only a verified file is rotated into the previous slot: after a fallback the
+        # next checkpoint replaces the bad checkpoint.pt and keeps the good .prev.pt.
+        self._rotate = source in (None, path)
         if checkpoint is not None:
-            check_resumable(checkpoint, config, self.checkpoint_path)
-            state.generator.load_state_dict(checkpoint["generator"])
-            state.critic.load_state_dict(checkpoint["critic"])
-            state.generator_opt.load_state_dict(checkpoint["generator_opt"])
-            state.critic_opt.load_state_dict(checkpoint["critic_opt"])
-            state.iteration = self._checkpointed_at = checkpoint["iteration"]
-            state.train_seconds = checkpoint["train_seconds"]
-            set_rng_state(checkpoint["rng"])
+            check_resumable(checkpoint, config, source)
+            try:
+                state.generator.load_state_dict(checkpoint["generator"])
+                state.critic.load_state_dict(checkpoint["critic"])
+                state.generator_opt.load_state_dict(checkpoint["generator_opt"])
+                state.critic_opt.load_state_dict(checkpoint["critic_opt"])
+                state.iteration = self._checkpointed_at = int(checkpoint["iteration"])
+                state.train_seconds = float(checkpoint["train_seconds"])
+                set_rng_state(checkpoint["rng"])
+            except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+                what = f"no {exc.args[0]!r} inside" if isinstance(exc, KeyError) else "malformed"
+                raise WWGANError(
+                    f"{source}: not a checkpoint this trainer can resume ({what})"
+                ) from exc
         if not main:
             return
         _truncate_metrics(self.out / "metrics.jsonl", state.iteration)
@@ -1913,13 +1937,7 @@ class RunDir:
         )
         path = self.checkpoint_path
         if self.ctx.is_main and self._checkpointed_at != state.iteration:
-            modules = (state.generator, state.critic)
-            if not all(torch.isfinite(p).all() for m in modules for p in m.parameters()):
-                raise WWGANError(
-                    f"stopped by {name}: weights are non-finite at iteration {state.iteration}; "
-                    f"last good checkpoint kept at {path}"
-                )
-            self.save_checkpoint(state)
+            self.save_checkpoint(state)  # refuses non-finite weights
         raise TrainingInterrupted(
             f"stopped by {name} after iteration {state.iteration} of {self.config.iterations}: "
             f"checkpoint {path}; rerun the same command to resume"
@@ -1948,7 +1966,8 @@ class RunDir:
         grid = torchvision.utils.make_grid(
             images, nrow=int(math.sqrt(len(z))) or 1, normalize=True, value_range=(-1, 1)
         )
-        torchvision.utils.save_image(grid, self.out / "samples" / f"iter_{iteration:07d}.png")
+        with atomic_write(self.out / "samples" / f"iter_{iteration:07d}.png") as f:
+            torchvision.utils.save_image(grid, f, format="png")
         if self._tensorboard is not None:
             self._tensorboard.add_image("samples", grid, iteration)
 
@@ -1962,10 +1981,18 @@ class RunDir:
             train_seconds=state.train_seconds,
             config=self.config.to_dict(),
         )
-        atomic_torch_save(snapshot, snapshot_path(self.out, state.iteration))
+        atomic_torch_save(snapshot, snapshot_path(self.out, state.iteration), verified=True)
 
     def save_checkpoint(self, state: TrainState) -> None:
-        """OUT/checkpoint.pt, atomically, the previous one kept as checkpoint.prev.pt."""
+        """OUT/checkpoint.pt, atomically and with its content digest, the previous one kept
+        as checkpoint.prev.pt. Non-finite weights are never saved: training stops there
+        (under --nan-policy skip too), the last good checkpoint kept."""
+        modules = (state.generator, state.critic)
+        if not all(torch.isfinite(p).all() for m in modules for p in m.parameters()):
+            raise WWGANError(
+                f"weights are non-finite at iteration {state.iteration}; last good "
+                f"checkpoint kept at {self.checkpoint_path}"
+            )
         self._metrics.flush()
         if self._tensorboard is not None:
             self._tensorboard.flush()
@@ -1980,7 +2007,10 @@ class RunDir:
             config=self.config.to_dict(),
             version=1,
         )
-        atomic_torch_save(checkpoint, self.checkpoint_path, keep_previous=True)
+        atomic_torch_save(
+            checkpoint, self.checkpoint_path, keep_previous=self._rotate, verified=True
+        )
+        self._rotate = True
         self._checkpointed_at, self._checkpointed_time = state.iteration, time.monotonic()
 
 
@@ -2023,16 +2053,70 @@ def previous_checkpoint_path(path: Path) -> Path:
     return Path(path).with_suffix(".prev.pt")
 
 
-def atomic_torch_save(obj: Any, path: Path, keep_previous: bool = False) -> None:
-    """torch.save through `atomic_write`; a failed write (a full disk) is a WWGANError
-    that says the previous file is intact."""
+def content_digest(obj: Any) -> str:
+    """sha256 over a checkpoint's content in a fixed order: every tensor's dtype, shape and
+    bytes, every other value's repr. Stored in the file at save, recomputed at load, so a
+    flipped bit anywhere in the weights, optimizer state, RNG state or config is seen."""
+    digest = hashlib.sha256()
+
+    def feed(value):
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().contiguous()
+            digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, np.ndarray):
+            digest.update(f"A{value.dtype}{value.shape}".encode() + value.tobytes())
+        elif isinstance(value, dict):
+            digest.update(f"D{len(value)}".encode())
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode())
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"L{len(value)}".encode())
+            for item in value:
+                feed(item)
+        else:
+            digest.update(repr(value).encode())
+
+    feed(obj)
+    return digest.hexdigest()
+
+
+def atomic_torch_save(
+    obj: Any, path: Path, keep_previous: bool = False, verified: bool = False
+) -> None:
+    """torch.save through `atomic_write`; with `verified`, the dict gets its
+    `content_digest` under "sha256" for `load_checkpoint` to check. A failed write (a
+    full disk, or any error of torch's serialiser, which replaces the disk's) is a
+    WWGANError naming the file and the space it needs; the previous file is intact."""
+    path = Path(path)
+    if verified:
+        obj = {**obj, "sha256": content_digest(obj)}
     try:
         with atomic_write(path, keep_previous=keep_previous) as f:
             torch.save(obj, f)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, OSError):
+            reason = exc.strerror or _reason(exc)
+        else:  # torch's zip writer reports a full disk as a RuntimeError of its own
+            reason = f"the disk is full or failing (torch.save: {_reason(exc)})"
+        space = f"about {sum(t.nbytes for t in _tensors(obj)) / 2**20:.1f} MiB needed"
+        with contextlib.suppress(OSError):
+            space += f", {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there"
         raise WWGANError(
-            f"could not write {path}: {exc.strerror or exc}; the last complete file was kept"
+            f"could not write {path}: {reason} ({space}); the last complete file was kept"
         ) from exc
+
+
+def _tensors(value: Any):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
 
 
 def claim_run_dir(out: Path):
@@ -2112,32 +2196,49 @@ def stop_requests():
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Load a checkpoint, or raise a one-line WWGANError naming the file."""
+    """Load a checkpoint or snapshot and verify it: its content digest when it has one (a
+    file written since digests exist) and finite weights. Anything else is a one-line
+    WWGANError naming the file."""
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # torch raises many kinds for a torn or foreign file
         raise WWGANError(f"{path}: not a readable wwgan checkpoint ({type(exc).__name__})") from exc
     if not isinstance(checkpoint, dict) or "config" not in checkpoint:
         raise WWGANError(f"{path}: not a wwgan checkpoint (no config inside)")
+    stored = checkpoint.pop("sha256", None)
+    if stored is not None and stored != content_digest(checkpoint):
+        raise WWGANError(f"{path}: content does not match its checksum (changed on disk)")
+    for name in ("generator", "critic"):
+        weights = checkpoint.get(name)
+        if not isinstance(weights, dict):
+            raise WWGANError(f"{path}: no {name} weights inside")
+        if not all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()):
+            raise WWGANError(f"{path}: the {name} weights are not finite")
     return checkpoint
 
 
-def load_latest_checkpoint(path: Path, map_location="cpu") -> dict | None:
-    """The newest readable checkpoint at `path`, else its `.prev.pt` with a warning, else
-    None when neither exists. A corrupt file with no fallback is a WWGANError."""
+def newest_checkpoint(path: Path, map_location="cpu") -> tuple[dict | None, Path | None]:
+    """(checkpoint, the file it came from): `path` when it verifies, else its `.prev.pt`
+    with a warning naming both, else (None, None) when neither exists. A bad file with no
+    good fallback is a WWGANError."""
     path, previous = Path(path), previous_checkpoint_path(path)
     if path.exists():
         try:
-            return load_checkpoint(path, map_location)
+            return load_checkpoint(path, map_location), path
         except WWGANError as exc:
             if not previous.exists():
                 raise
-            warn(f"{exc}; falling back to {previous}")
-            return load_checkpoint(previous, map_location)
-    if previous.exists():  # killed between the two renames of atomic_write
+            warn(f"{exc}; falling back to the previous checkpoint {previous}")
+            return load_checkpoint(previous, map_location), previous
+    if previous.exists():  # a copy of an older version only: path was never written
         warn(f"{path} missing; resuming from {previous}")
-        return load_checkpoint(previous, map_location)
-    return None
+        return load_checkpoint(previous, map_location), previous
+    return None, None
+
+
+def load_latest_checkpoint(path: Path, map_location="cpu") -> dict | None:
+    """The checkpoint of `newest_checkpoint`, or None."""
+    return newest_checkpoint(path, map_location)[0]
 
 
 def check_resumable(checkpoint: dict, config: TrainConfig, path: Path) -> None:
@@ -2175,12 +2276,21 @@ def snapshot_path(run_dir: str | Path, iteration: int) -> Path:
 
 
 def snapshot_paths(run_dir: str | Path) -> dict[int, Path]:
-    """{iteration: RUN/snapshots/snapshot_XXXXXXX.pt}, in iteration order."""
-    paths = (Path(run_dir) / "snapshots").glob("snapshot_*.pt")
-    return dict(sorted((int(p.stem.split("_")[-1]), p) for p in paths))
+    """{iteration: RUN/snapshots/snapshot_XXXXXXX.pt}, in iteration order; any other file
+    named snapshot_*.pt there is skipped with a warning."""
+    found = {}
+    for path in (Path(run_dir) / "snapshots").glob("snapshot_*.pt"):
+        number = path.stem.removeprefix("snapshot_")
+        if number.isdigit():
+            found[int(number)] = path
+        else:
+            warn(f"{path}: not a snapshot name (snapshot_NNNNNNN.pt); skipped")
+    return dict(sorted(found.items()))
 
 
 def _models_from(checkpoint: dict, path: Path, device):
+    if not isinstance(checkpoint["config"], dict):
+        raise WWGANError(f"{path}: its config is not a dict of settings")
     config = TrainConfig.from_dict(checkpoint["config"])
     generator, critic = build_models(config)
     try:

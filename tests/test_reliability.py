@@ -3,6 +3,7 @@ a full disk, unwritable outputs. Nothing finished may be lost, and a resumed run
 bit-identical to an uninterrupted one."""
 
 import errno
+import json
 import os
 import random
 import signal
@@ -310,3 +311,138 @@ def test_sigterm_stops_any_other_command_in_one_line(capsys):
     err = capsys.readouterr().err
     assert err.strip() == "wwgan: stopped by SIGTERM; rerun the same command to resume", err
     assert signal.getsignal(signal.SIGTERM) is handler
+
+
+# ---------------------------------------------------------------------------------------
+# verified checkpoints: digests, fallbacks that never rotate a bad file, no doubled rows
+# ---------------------------------------------------------------------------------------
+
+
+def flip_one_bit_in_a_tensor(path: Path) -> None:
+    """Flip one bit inside the stored bytes of the largest tensor of a torch.save file
+    (an uncompressed zip: the member's data starts after its local header)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max(
+            (i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size
+        )
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = (
+        int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"),
+        int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little"),
+    )
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + info.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_is_caught_by_the_digest(tmp_path):
+    wwgan.train(tiny_config(tmp_path, iterations=2, checkpoint_every=2), progress=False)
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert checkpoint["sha256"] == wwgan.content_digest(
+        {k: v for k, v in checkpoint.items() if k != "sha256"}
+    )
+    weight = next(iter(checkpoint["critic"].values()))
+    weight.view(torch.int32).view(-1)[0] ^= 1  # the lowest mantissa bit of one weight
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")  # the stored digest is the old one
+    with pytest.raises(wwgan.WWGANError, match="content does not match its checksum"):
+        wwgan.load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_bit_rot_in_the_checkpoint_resumes_from_the_previous_one_exactly(tmp_path, capsys):
+    full = final_weights_of(wwgan.train(tiny_config(tmp_path / "full"), progress=False))
+    out = tmp_path / "rotted"
+    wwgan.train(tiny_config(out, iterations=4, checkpoint_every=2), progress=False)
+    flip_one_bit_in_a_tensor(out / "checkpoint.pt")
+    capsys.readouterr()
+    resumed = wwgan.train(tiny_config(out, checkpoint_every=2), progress=False)
+    err = capsys.readouterr().err
+    assert (
+        f"{out / 'checkpoint.pt'}:" in err
+        and f"falling back to the previous checkpoint {out / 'checkpoint.prev.pt'}" in err
+    )
+    assert final_weights_of(resumed) == full  # bit-identical to the uninterrupted run
+    # the bad file was never rotated into the previous slot: both files verify now
+    assert wwgan.load_checkpoint(out / "checkpoint.prev.pt")["iteration"] == 4
+    rows = [json.loads(x)["iteration"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows == sorted(set(rows)) == [1, 2, 4, 6]
+
+
+def test_a_complete_first_checkpoint_whose_rename_was_killed_is_kept(tmp_path):
+    wwgan.train(tiny_config(tmp_path, iterations=2, checkpoint_every=2), progress=False)
+    os.replace(tmp_path / "checkpoint.pt", tmp_path / ".checkpoint.pt.tmp-99999")
+    (tmp_path / "checkpoint.prev.pt").unlink(missing_ok=True)
+    (tmp_path / ".checkpoint.pt.tmp-99998").write_bytes(b"torn")  # a torn one is swept
+    state = wwgan.train(tiny_config(tmp_path, iterations=3, log_every=1), progress=False)
+    assert state.iteration == 3 and not list(tmp_path.glob(".*tmp*"))
+    rows = [
+        json.loads(x)["iteration"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert rows == [1, 2, 3]  # resumed at 2, not retrained from scratch
+
+
+def test_a_kill_before_the_first_checkpoint_does_not_double_rows(tmp_path, monkeypatch):
+    real_step, calls = wwgan.generator_step, [0]
+
+    def dies_in_iteration_3(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    config = tiny_config(tmp_path, log_every=1, checkpoint_every=100)
+    monkeypatch.setattr(wwgan, "generator_step", dies_in_iteration_3)
+    with pytest.raises(KeyboardInterrupt):
+        wwgan.train(config, progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    monkeypatch.setattr(wwgan, "generator_step", real_step)
+    wwgan.train(config, progress=False)
+    rows = [
+        json.loads(x)["iteration"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert rows == [1, 2, 3, 4, 5, 6]
+
+
+def test_nan_policy_skip_stops_when_the_weights_become_non_finite(tmp_path, monkeypatch):
+    real_step = wwgan.critic_step
+
+    def poisoned_step(config, generator, critic, *args, **kwargs):
+        terms = real_step(config, generator, critic, *args, **kwargs)
+        with torch.no_grad():
+            next(critic.parameters()).fill_(float("nan"))  # finite loss, NaN weights
+        return terms
+
+    monkeypatch.setattr(wwgan, "critic_step", poisoned_step)
+    with pytest.raises(wwgan.WWGANError, match="weights are non-finite at iteration 3"):
+        wwgan.train(tiny_config(tmp_path, nan_policy="skip"), progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()  # nothing non-finite was saved
+
+
+def test_a_checkpoint_missing_a_key_is_one_line(tmp_path):
+    wwgan.train(tiny_config(tmp_path, iterations=2, checkpoint_every=2), progress=False)
+    for path in (tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"):
+        checkpoint = wwgan.load_checkpoint(path) if path.exists() else None
+        if checkpoint is not None:
+            del checkpoint["critic_opt"]
+            torch.save(checkpoint, path)
+    with pytest.raises(
+        wwgan.WWGANError, match="not a checkpoint this trainer can resume .no 'critic_opt' inside."
+    ):
+        wwgan.train(tiny_config(tmp_path, iterations=3), progress=False)
+
+
+def test_stray_files_in_snapshots_are_skipped_with_a_warning(tmp_path, capsys):
+    (tmp_path / "snapshots").mkdir()
+    (tmp_path / "snapshots" / "snapshot_0000010.pt").write_bytes(b"")
+    (tmp_path / "snapshots" / "snapshot_final.pt").write_bytes(b"")
+    assert list(wwgan.snapshot_paths(tmp_path)) == [10]
+    assert "snapshot_final.pt: not a snapshot name" in capsys.readouterr().err
+
+
+def final_weights_of(state):
+    return {
+        name: value.tolist()
+        for module in ("generator", "critic")
+        for name, value in getattr(state, module).state_dict().items()
+    }
