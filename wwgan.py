@@ -402,6 +402,7 @@ def atomic_write(path: str | Path, mode: str = "wb", keep_previous: bool = False
             linked.unlink(missing_ok=True)
             os.link(path, linked)
             os.replace(linked, previous_checkpoint_path(path))
+            linked.unlink(missing_ok=True)  # rename is a no-op when both were one file
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

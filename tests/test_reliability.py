@@ -446,3 +446,103 @@ def final_weights_of(state):
         for module in ("generator", "critic")
         for name, value in getattr(state, module).state_dict().items()
     }
+
+
+def test_a_real_full_disk_is_one_line_and_the_rerun_with_space_is_exact(tmp_path, capsys):
+    """A 1.2 MB tmpfs: the first checkpoint fits, the next one with the previous copy kept
+    does not. torch's zip writer reports that as a RuntimeError of its own."""
+    from conftest import invoke
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(disk)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("needs root and permission to mount a tmpfs")
+    args = ["train", *TRAIN_ARGS[1:], "--iterations", "8", "--checkpoint-every", "2"]
+    args = [a for a in args if a != "--no-progress"] + ["--no-progress", "--device", "cpu"]
+    try:
+        code, _, err = invoke(capsys, "wwgan", *args, "--out", disk / "run")
+        line = one_error_line(code, err)
+        assert f"could not write {disk / 'run' / 'checkpoint.pt'}: the disk is full" in line
+        assert "MiB needed" in line and "MiB free there" in line
+        kept = wwgan.load_checkpoint(disk / "run" / "checkpoint.pt")["iteration"]
+        assert kept in (2, 4)  # the last complete checkpoint, verified
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+        code, _, err = invoke(capsys, "wwgan", *args, "--out", disk / "run")
+        assert code == 0, err
+        invoke(capsys, "wwgan", *args, "--out", tmp_path / "reference")
+        assert_same(final_weights(disk / "run", 8), final_weights(tmp_path / "reference", 8))
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+# ---------------------------------------------------------------------------------------
+# crash points: kill -9 at every write and rename of a short run, then rerun
+# ---------------------------------------------------------------------------------------
+
+# Runs the CLI with every os.fsync, os.link and os.replace counted (the points where a
+# file becomes durable or visible); with CRASH_AT=k it SIGKILLs itself at the k-th, just
+# before that call. It prints the count on a clean exit.
+CRASH_HARNESS = f"""
+import atexit, os, signal, sys
+sys.path.insert(0, {str(ROOT)!r})
+import wwgan
+crash_at, count = int(os.environ.get("CRASH_AT", "0")), [0]
+def counted(real):
+    def call(*args, **kwargs):
+        count[0] += 1
+        if count[0] == crash_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return call
+os.fsync, os.link, os.replace = counted(os.fsync), counted(os.link), counted(os.replace)
+atexit.register(lambda: print("crash points:", count[0]))
+wwgan.main(sys.argv[1:])
+"""
+CRASH_RUN = ["--iterations", "4", "--checkpoint-every", "2", "--sample-every", "2"]
+
+
+def test_kill_9_at_every_write_point_then_rerun_keeps_every_invariant(tmp_path, capsys):
+
+    harness = tmp_path / "crash.py"
+    harness.write_text(CRASH_HARNESS)
+    reference = start(harness, tmp_path / "reference", args=CRASH_RUN)
+    out, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err
+    points = int(out.split("crash points:")[1])
+    assert points >= 12  # config.json, 2 checkpoints, 2 sample grids, their renames
+    expected = final_weights(tmp_path / "reference", iterations=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the harness (OMP_NUM_THREADS=1): the same float sums
+    try:
+        check_every_crash_point(harness, tmp_path, points, expected, capsys)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def check_every_crash_point(harness, tmp_path, points, expected, capsys):
+    from PIL import Image
+
+    from conftest import invoke
+
+    for k in range(1, points + 1):
+        run = tmp_path / f"crash{k}"
+        killed = start(harness, run, args=CRASH_RUN, CRASH_AT=k)
+        assert killed.wait(timeout=600) == -signal.SIGKILL, (k, killed.stderr.read())
+        if any(run.glob("checkpoint*.pt")):  # a complete, verified checkpoint survives
+            assert wwgan.newest_checkpoint(run / "checkpoint.pt")[0] is not None, k
+        code, _, err = invoke(capsys, "wwgan", *TRAIN_ARGS, "--out", run, *CRASH_RUN)
+        assert code == 0, (k, err)  # the rerun in this process: no torch import to wait for
+        rows = [
+            json.loads(x)["iteration"] for x in (run / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert rows == [1, 2, 3, 4], (k, rows)
+        for grid in (run / "samples").iterdir():
+            Image.open(grid).verify()  # every finished output intact
+        assert not list(run.glob(".*tmp*")), k
+        assert_same(final_weights(run, iterations=4), expected)
