@@ -146,7 +146,7 @@ def test_dry_mode_writes_every_field_and_loadable_snapshots(tmp_path):
         path = out / entry["snapshot"]
         assert path.parent.parent.name == name and entry["bytes"] == path.stat().st_size
         config, generator, critic, info = wwgan.load_models(path)
-        assert info["iteration"] == entry["iteration"] >= 4
+        assert info["iteration"] == entry["iteration"] >= 2
         assert (config.loss, config.width, config.optimizer, config.lr) == (
             spec["loss"],
             16,
