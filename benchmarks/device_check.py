@@ -68,6 +68,8 @@ SHARES = {
 }
 FINISH_SHARE = 0.03  # writing snapshots and the JSON after the last section
 FIRST_ROW_GRACE_SECONDS = 30  # a training still loading at its deadline gets this long
+EPOCH_ITERATIONS = 157  # one CIFAR-10 epoch: 50,000 / (64 x 5) = 156.25
+DRY_EPOCH_ITERATIONS = 4
 DRY_VARIANT_ITERATIONS = 2  # --dry stops the variants here (or at the deadline)
 TRANSFER_FILE_BYTES = 16 * 2**20  # the most one file from the GPU machine's $OUT may hold
 DEFAULT_DATA = ROOT / ".carry" / "cifar10-30k.tar.gz"
@@ -161,7 +163,7 @@ def machine(device: torch.device) -> dict:
 
 
 class SectionTimeout(Exception):
-    """A section's allowance ran out; what it finished is in its result."""
+    """No time is left in the budget for a section."""
 
 
 def _train_config(ctx: dict, out: Path, **overrides) -> wwgan.TrainConfig:
@@ -264,7 +266,7 @@ def section_epoch(ctx: dict, allowance: float) -> dict:
     """Seconds per CIFAR-10 epoch (50,000 images = 156.25 generator iterations of
     batch x n_critic real images) through `wwgan.train`, WGAN-GP then WWGAN, each for
     one epoch's iterations or half the allowance, whichever ends first."""
-    iterations = 4 if ctx["dry"] else 157
+    iterations = DRY_EPOCH_ITERATIONS if ctx["dry"] else EPOCH_ITERATIONS
     result = dict(
         paper_celeba_epoch_seconds=PAPER_CELEBA_EPOCH_SECONDS,
         target_cifar10_epoch_seconds=TARGET_CIFAR10_EPOCH_SECONDS,
@@ -576,11 +578,14 @@ def section_variants(ctx: dict, allowance: float) -> dict:
         result["variants"][name] = entry
     rates = [v.get("iterations_per_second") for v in result["variants"].values()]
     if all(rates):
-        result["aggregate_iterations_per_second"] = sum(rates)
+        # iterations per second of the card: side by side the rates add up; one after
+        # another the card runs one at a time
+        together = sum(rates) if ctx["variants_mode"] == "parallel" else sum(rates) / len(rates)
+        result["aggregate_iterations_per_second"] = together
         epoch = ctx["results"].get("epoch", {}).get("losses", {}).get("wgan-gp", {})
         if epoch.get("seconds_per_iteration"):
-            # > 1: running the variants side by side beat one process at a time
-            result["aggregate_over_one_process"] = sum(rates) * epoch["seconds_per_iteration"]
+            # > 1: the card did more work this way than one WGAN-GP process alone
+            result["aggregate_over_one_process"] = together * epoch["seconds_per_iteration"]
     if problems:
         result.update(status="failed", reason=f"no snapshot from {problems}")
     return result
@@ -750,6 +755,7 @@ def run_device_check(
         dry_compile=dry_compile, results=report["sections"], dataset="shapes", data_root="data",
     )  # fmt: skip
     json_path = out / "device_check.json"
+    wwgan.write_json(report, json_path)  # the machine, even if the first section kills us
     try:
         for name in SECTIONS:
             if name in skip:
@@ -772,6 +778,7 @@ def run_device_check(
             )
             report["sections"][name] = result
             report["elapsed_seconds"] = round(budget - clock.left(), 2)
+            report["summary"] = summary(report)
             wwgan.write_json(report, json_path)
             log(f"{name}: {result['status']} in {result['seconds']} s {result.get('reason', '')}")
     finally:

@@ -165,6 +165,8 @@ def test_dry_mode_writes_every_field_and_loadable_snapshots(tmp_path):
         rows = [json.loads(x) for x in (work / "runs" / name / "metrics.jsonl").open()]
         assert entry["lam_effective"]["last"] == rows[-1]["lam_effective"]
         assert [m["iteration"] for m in entry["metrics"]] == [r["iteration"] for r in rows]
+    rates = [got[name]["iteration"] / got[name]["train_seconds"] for name in variants]
+    assert sections["variants"]["aggregate_iterations_per_second"] == pytest.approx(sum(rates))
     # s: 1 for WGAN-GP; Def. 10's literal scale on intensities ~45x ||g||, ~2 at unit mass
     assert got["wgan-gp-matched"]["lam_effective"]["last"] == pytest.approx(450.0, rel=1e-5)
     assert got["wgan-gp"]["norm_scale"]["last"] == pytest.approx(1.0, rel=1e-5)
@@ -175,6 +177,38 @@ def test_dry_mode_writes_every_field_and_loadable_snapshots(tmp_path):
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) == 5 and all(p.stat().st_size <= 16 * 2**20 for p in files)
     assert all(len(p.relative_to(out).parts) <= 3 for p in files)
+    assert report["summary"]["variants_status"] == "ok"
+    assert (
+        report["summary"]["epoch_wwgan_cifar10_epoch_seconds"]
+        == (epoch["losses"]["wwgan"]["cifar10_epoch_seconds"])
+    )
+
+
+def test_epoch_section_stops_the_trainer_at_its_deadline_and_rates_the_logged_rows(
+    tmp_path, monkeypatch
+):
+    """A GPU slower than expected: one epoch's iterations do not fit the section's time,
+    so SIGUSR1 stops `wwgan.train` (it checkpoints) and the rate comes from the rows
+    logged so far; the section still finishes in its allowance."""
+    import device_check
+
+    monkeypatch.setattr(device_check, "DRY_EPOCH_ITERATIONS", 100_000)
+    ctx = dict(dry=True, dataset="shapes", data_root="data", work=tmp_path,
+               device=torch.device("cpu"))  # fmt: skip
+    started = time.monotonic()
+    result = device_check.section_epoch(ctx, allowance=6.0)
+    assert time.monotonic() - started < 6.0 + 10  # + the iteration in flight, the save
+    for loss in ("wgan-gp", "wwgan"):
+        entry = result["losses"][loss]
+        assert "stopped by SIGUSR1" in entry["stopped_early"]
+        checkpoint = wwgan.load_checkpoint(tmp_path / f"epoch-{loss}" / "checkpoint.pt")
+        assert 2 <= entry["iterations"] == checkpoint["iteration"] < 100_000
+        rows = [json.loads(x) for x in (tmp_path / f"epoch-{loss}" / "metrics.jsonl").open()]
+        span = rows[-1]["train_seconds"] - rows[1]["train_seconds"]
+        assert entry["seconds_per_iteration"] == pytest.approx(
+            span / (rows[-1]["iteration"] - rows[1]["iteration"])
+        )
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # nothing left behind
 
 
 # ---------------------------------------------------------------------------------------
