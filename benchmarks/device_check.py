@@ -857,6 +857,12 @@ def cli(
         return
     if data is None and DEFAULT_DATA.exists():
         data = DEFAULT_DATA
+    if data is not None and data.is_file() and not tarfile.is_tarfile(data):
+        raise wwgan.WWGANError(
+            f"--data {data}: not a tar archive (make one with pack_device_data.sh)"
+        )
+    if data is not None and data.is_dir():
+        wwgan.find_cifar10(data)  # a one-line error unless it holds the class folders
     if dry and device == "auto":
         device = "cpu"
     report = run_device_check(

@@ -184,6 +184,62 @@ def test_dry_mode_writes_every_field_and_loadable_snapshots(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing", "no image folder at"),
+        (lambda d: (d / "few" / "cat").mkdir(parents=True) or d / "few", "fewer than 3"),
+    ],
+)
+def test_pack_script_refuses_bad_input_in_one_line(tmp_path, make, message):
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "pack_device_data.sh"), str(make(tmp_path)), "3",
+         str(tmp_path / "out.tar.gz")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1 and message in done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("pack_device_data: error: ")
+    assert not (tmp_path / "out.tar.gz").exists()
+
+
+@pytest.mark.parametrize("kind", ["not a tar", "folder without classes"])
+def test_device_check_refuses_bad_data_in_one_line_before_any_work(tmp_path, kind):
+    data = tmp_path / "data"
+    if kind == "not a tar":
+        data.write_text("not an archive")
+    else:
+        data.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--dry", "--data",
+         str(data), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("wwgan: error: ") and "Traceback" not in done.stderr
+    assert ("not a tar archive" if kind == "not a tar" else "CIFAR-10 not found") in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_test_the_gpu_run_names_exists():
+    """A renamed test would make pytest on the GPU machine stop at once (exit 4), and the
+    lease's tests section would measure nothing: the selection must collect here."""
+    import device_check
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         *device_check.DEVICE_TESTS],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    collected = [line for line in done.stdout.splitlines() if "::" in line]
+    for node in device_check.DEVICE_TESTS:
+        if "::" in node and "test_dry_mode" not in node:
+            assert node in collected or any(c.startswith(node + "[") for c in collected), node
+    assert not any("test_dry_mode" in c for c in collected)  # the GPU run skips the dry run
+
+
 def test_epoch_section_stops_the_trainer_at_its_deadline_and_rates_the_logged_rows(
     tmp_path, monkeypatch
 ):
