@@ -52,6 +52,7 @@ def _variant_flags(args: str) -> dict:
     return parsed
 
 
+@pytest.mark.slow  # 33-54 s on the shared 2-core VM: seven Python processes import torch
 def test_dry_mode_writes_every_field_and_loadable_snapshots(tmp_path):
     """`device_check.py --dry` on a CIFAR-like folder packed by pack_device_data.sh, with
     pytorch-fid, POT and snakemake made unimportable as on the GPU machine."""
