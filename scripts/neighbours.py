@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from critic_probes import probe_images
 from image_w2 import image_w2_distance
-from wwgan import TrainConfig, run_cli, select_device, write_json
+from wwgan import DATASETS, TrainConfig, run_cli, select_device, write_json
 
 
 def grayscale_histograms(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -116,8 +116,12 @@ def neighbours_experiment(
     return payload
 
 
-@click.command(context_settings=dict(help_option_names=["-h", "--help"]))
-@click.option("--dataset", default="cifar10", show_default=True)
+@click.command(
+    context_settings=dict(help_option_names=["-h", "--help"]),
+    epilog="\b\nExample:\n  python scripts/neighbours.py --dataset cifar10 --data-root "
+    "data/cifar10 --num-queries 10 --out results/neighbours.json",
+)
+@click.option("--dataset", default="cifar10", show_default=True, type=click.Choice(DATASETS))
 @click.option("--data-root", default="data", show_default=True, type=click.Path())
 @click.option("--image-size", default=32, show_default=True, type=int)
 @click.option(
@@ -134,7 +138,9 @@ def neighbours_experiment(
     "--show", default=8, show_default=True, type=click.IntRange(min=1),
     help="Queries kept as thumbnails for the figure.",
 )  # fmt: skip
-@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps"
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def cli(out, dataset, data_root, image_size, holdout, **options):
     """The 9 nearest neighbours of held-out real images under W2 and L2 (Figure 1)."""

@@ -373,7 +373,11 @@ def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
     return [out, csv_path]
 
 
-@click.command(context_settings=dict(help_option_names=["-h", "--help"]))
+@click.command(
+    context_settings=dict(help_option_names=["-h", "--help"]),
+    epilog="\b\nExample:\n  python scripts/table.py --input runs/wwgan/seed0/fid_curve.csv "
+    "--input runs/wgan-gp/seed0/fid_curve.csv --input shift.json --out results/table.md",
+)
 @click.option(
     "--input", "inputs", multiple=True, required=True, type=click.Path(exists=True),
     help="Result files: RUN/fid_curve.csv (with RUN/config.json and metrics.jsonl), "
