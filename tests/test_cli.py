@@ -15,6 +15,8 @@ from click.testing import CliRunner
 import wwgan
 from conftest import ROOT, TINY, run_step
 
+pytestmark = pytest.mark.usefixtures("checkout_untouched")
+
 # the programs (a library module such as scripts/inception.py has no command line)
 STEPS = sorted(
     p.relative_to(ROOT)

@@ -24,6 +24,8 @@ import swd
 import wwgan
 from conftest import invoke, run_step, shared_path
 
+pytestmark = pytest.mark.usefixtures("checkout_untouched")
+
 
 @pytest.fixture(autouse=True)
 def _empty_torch_home(tmp_path, monkeypatch):

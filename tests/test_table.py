@@ -11,6 +11,8 @@ from scipy import stats
 import table
 import wwgan
 
+pytestmark = pytest.mark.usefixtures("checkout_untouched")
+
 REFERENCE = "cifar10 training images, n=50000, holdout 1000 excluded"
 
 
