@@ -679,6 +679,14 @@ def fid_weights_command(out, source, verify_images):
     help="Training images the runs held out (wwgan train --holdout): excluded here too.",
 )
 @click.option(
+    "--cache-dir",
+    default=TrainConfig().cache_dir,
+    show_default=True,
+    envvar="WWGAN_CACHE_DIR",
+    show_envvar=True,
+    help="Where decoded image folders are cached, as `wwgan train --cache-dir` ('' disables).",
+)
+@click.option(
     "--no-ttur",
     is_flag=True,
     help="Skip torch-fidelity's statistics (mu_ttur, sigma_ttur; half the time); "
@@ -687,7 +695,17 @@ def fid_weights_command(out, source, verify_images):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="STATS.npz")
 @inception_options
 def fid_stats_command(
-    dataset, data_root, image_size, num_images, holdout, no_ttur, out, device, batch_size, weights
+    dataset,
+    data_root,
+    image_size,
+    num_images,
+    holdout,
+    cache_dir,
+    no_ttur,
+    out,
+    device,
+    batch_size,
+    weights,
 ):
     """Inception statistics of the training images for FID, cached in STATS.npz (reused
     while dataset, resolution, count, held-out slice and data root stay the same).
@@ -697,7 +715,7 @@ def fid_stats_command(
     TTUR-equivalent features (column fid_ttur)."""
     if image_size is None:
         image_size = 64 if dataset == "celeba" else 32
-    base = TrainConfig(dataset=dataset, image_size=image_size, holdout=holdout)
+    base = TrainConfig(dataset=dataset, image_size=image_size, holdout=holdout, cache_dir=cache_dir)
     stats = reference_statistics(
         out,
         dataset,
