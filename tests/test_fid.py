@@ -22,7 +22,7 @@ import figures
 import inception
 import swd
 import wwgan
-from conftest import invoke, run_step, shared_path
+from conftest import invoke, one_error_line, run_step, shared_path
 
 pytestmark = pytest.mark.usefixtures("checkout_untouched")
 
@@ -332,6 +332,64 @@ def test_swd_is_zero_on_equal_sets_symmetric_and_grows_with_noise():
         noisy = (b.float() + sigma * noise).round().clamp(0, 255).to(torch.uint8)
         scores.append(swd.sliced_wasserstein_distance(a, noisy, **options)["mean"])
     assert scores == sorted(scores) and scores[-1] > 3 * scores[0], scores
+
+
+# -- the curve file: both FIDs and their labels --
+
+
+def test_curve_file_keeps_both_fids_and_what_each_row_still_needs(tmp_path):
+    """The label columns appear only with an FID, the TTUR pair only with a TTUR FID; a
+    row is recomputed only for what it lacks at the requested sample counts."""
+    swd_only = dict(
+        iteration=10, train_seconds=1.5, fid=math.nan, swd=3.25, fid_samples=0,
+        fid_ttur=math.nan, ttur_samples=0, reference="",
+    )  # fmt: skip
+    path = tmp_path / "curve.csv"
+    fid.write_fid_curve(path, [swd_only])
+    assert path.read_text().splitlines() == ["iteration,train_seconds,fid,swd", "10,1.500,,3.25"]
+    reference = "cifar10 training images, n=50000, holdout 1000 excluded"
+    both = dict(swd_only, iteration=20, fid=41.5, fid_samples=10_000, fid_ttur=44.25,
+                ttur_samples=5_000, reference=reference)  # fmt: skip
+    fid.write_fid_curve(path, [both, swd_only])
+    lines = path.read_text().splitlines()
+    assert lines[0] == "iteration,train_seconds,fid,swd,fid_samples,fid_ttur,ttur_samples,reference"
+    assert lines[2] == f'20,1.500,41.5,3.25,10000,44.25,5000,"{reference}"'
+    assert fid.read_fid_curve(path) == [swd_only, both]
+    ours_only = dict(both, fid_ttur=math.nan, ttur_samples=0)
+    fid.write_fid_curve(path, [ours_only])
+    assert path.read_text().splitlines()[0].endswith(",fid,swd,fid_samples,reference")
+
+    def missing(row, num_samples=10_000, ttur_samples=5_000, compute_fid=True):
+        return fid._missing_metrics(row, compute_fid, num_samples, ttur_samples)
+
+    assert missing(None) == {"fid", "swd", "fid_ttur"}
+    assert missing(None, ttur_samples=0) == {"fid", "swd"}
+    assert missing(None, compute_fid=False, ttur_samples=0) == {"swd"}  # --no-fid
+    assert missing(both) == set() and missing(both, ttur_samples=0) == set()
+    assert missing(both, ttur_samples=2_000) == {"fid_ttur"}
+    assert missing(both, num_samples=5_000) == {"fid"}
+    assert missing(ours_only) == {"fid_ttur"}
+    # an older row: no sample count recorded, its FID is kept
+    assert missing(dict(both, fid_samples=0, fid_ttur=math.nan, ttur_samples=0)) == {"fid_ttur"}
+    assert missing(swd_only, compute_fid=False, ttur_samples=0) == set()
+
+
+def test_curve_refuses_statistics_without_torch_fidelity_ones(tiny_run, tmp_path, capsys):
+    """Statistics made with --no-ttur (or by an older fid.py) and --ttur-samples N: one
+    line saying what to do, nothing written."""
+    stats = tmp_path / "stats.npz"
+    key = fid.reference_stats_key("shapes", "data", 32, 8, ttur=False)
+    np.savez(stats, mu=np.zeros(4), sigma=np.eye(4), count=8, key=json.dumps(key))
+    out = tmp_path / "curve.csv"
+    args = ["curve", tiny_run, "--stats", stats, "--num-samples", 8, "--ttur-samples", 8,
+            "--out", out, "--device", "cpu", "--no-progress"]  # fmt: skip
+    line = one_error_line(*invoke(capsys, "fid", *args)[::2])
+    assert line == (
+        f"wwgan: error: {stats}: no torch-fidelity (TTUR) statistics, needed for "
+        f"--ttur-samples; recreate the file with `python scripts/fid.py stats` (without "
+        f"--no-ttur) or pass --ttur-samples 0"
+    )
+    assert not out.exists()
 
 
 # -- end to end: snapshots -> fid_curve.csv -> figures; sample grids --
