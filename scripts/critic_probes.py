@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from fid import read_fid_curve
 from wwgan import (
+    DATASETS,
     LOSS_NAMES,
     TrainConfig,
     WWGANError,
@@ -315,7 +316,11 @@ def noise_experiment(
 # ----------------------------------------------------------------------------------------
 
 
-@click.group(context_settings=dict(help_option_names=["-h", "--help"]))
+@click.group(
+    context_settings=dict(help_option_names=["-h", "--help"]),
+    epilog="\b\nExample:\n  python scripts/critic_probes.py shift --run runs/wwgan/seed0 "
+    "--run runs/wgan-gp/seed0 --out results/shift.json",
+)
 def cli():
     """Critics on shifted and on noisy held-out real images (Figs. 4-5)."""
 
@@ -332,7 +337,8 @@ def _probe_options(command):
         click.option("--target", default=40.0, show_default=True, type=float,
                      help="FID (or SWD) to match; when a run never reaches it, the lowest "
                           "value every run reaches."),
-        click.option("--dataset", default=None, help="Images to use (default: the runs')."),
+        click.option("--dataset", default=None, type=click.Choice(DATASETS),
+                     help="Images to use (default: the runs')."),
         click.option("--data-root", default=None, type=click.Path(),
                      help="Dataset root (default: the runs')."),
         click.option("--image-seed", default=0, show_default=True, type=int,
@@ -340,14 +346,19 @@ def _probe_options(command):
         click.option("--allow-training-images", is_flag=True,
                      help="Use training images when the data has no test split and the runs "
                           "held out none (the critics saw them)."),
-        click.option("--device", default="cpu", show_default=True),
+        click.option("--device", default="cpu", show_default=True,
+                     help="auto | cpu | cuda | cuda:N | mps"),
     ]  # fmt: skip
     for option in reversed(options):
         command = option(command)
     return command
 
 
-@cli.command("shift")
+@cli.command(
+    "shift",
+    epilog="\b\nExample:\n  python scripts/critic_probes.py shift --run runs/wwgan/seed0 "
+    "--run runs/wgan-gp/seed0 --match fid --target 40 --out results/shift.json",
+)
 @_probe_options
 @click.option("--num-images", default=128, show_default=True, type=click.IntRange(min=2))
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
@@ -364,7 +375,11 @@ def shift_command(runs, out, **options):
     click.echo(f"wrote {out} ({payload['images']})")
 
 
-@cli.command("noise")
+@cli.command(
+    "noise",
+    epilog="\b\nExample:\n  python scripts/critic_probes.py noise --run runs/wwgan/seed0 "
+    "--run runs/wgan-gp/seed0 --probability 0.1 --out results/noise.json",
+)
 @_probe_options
 @click.option("--num-images", default=64, show_default=True, type=click.IntRange(min=2))
 @click.option("--noise-seed", default=0, show_default=True, type=int)

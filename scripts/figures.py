@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import click
@@ -387,7 +388,24 @@ def render_motivating_example(inputs, out):
     return save_figure(fig, out)
 
 
-@click.command(context_settings=dict(help_option_names=["-h", "--help"]))
+def _figure_names() -> str:
+    """NAME's choices for --help, each with the start of its renderer's docstring."""
+    width = max(map(len, FIGURES))
+    lines = [
+        f"  {name:<{width}}  "
+        + textwrap.shorten(" ".join(render.__doc__.split()), 90 - width, placeholder=" ...")
+        for name, render in sorted(FIGURES.items())
+    ]
+    return "\b\nNAME, one of:\n" + "\n".join(lines)
+
+
+@click.command(
+    context_settings=dict(help_option_names=["-h", "--help"]),
+    epilog=_figure_names()
+    + "\n\n\b\nExample:\n  python scripts/figures.py motivating-example --input "
+    "results/motivating_example.csv --out figures/motivating-example",
+)
+# not a click.Choice: an unknown name is a one-line wwgan error naming the choices
 @click.argument("name")
 @click.option(
     "--input",

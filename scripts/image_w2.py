@@ -217,7 +217,10 @@ def image_w2_distance(
     return squared.clamp_min(0).sqrt().reshape(lead).to(out_dtype)
 
 
-@click.command(context_settings=dict(help_option_names=["-h", "--help"]))
+@click.command(
+    context_settings=dict(help_option_names=["-h", "--help"]),
+    epilog="\b\nExample:\n  python scripts/image_w2.py a.png b.png",
+)
 @click.argument("first", type=click.Path(exists=True, dir_okay=False))
 @click.argument("second", type=click.Path(exists=True, dir_okay=False))
 def cli(first, second):

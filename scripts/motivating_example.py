@@ -36,7 +36,11 @@ def motivating_example(size: int = 32) -> list[dict]:
     return sorted(rows, key=lambda r: (r["pixel_distance"], r["dy"]))
 
 
-@click.command(context_settings=dict(help_option_names=["-h", "--help"]))
+@click.command(
+    context_settings=dict(help_option_names=["-h", "--help"]),
+    epilog="\b\nExample:\n  python scripts/motivating_example.py --size 32 --out "
+    "results/motivating_example.csv",
+)
 @click.option("--size", default=32, show_default=True, type=click.IntRange(min=2))
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def cli(size, out):

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from critic_probes import probe_images
 from image_w2 import image_w2_distance
-from wwgan import TrainConfig, run_cli, select_device, write_json
+from wwgan import DATASETS, TrainConfig, run_cli, select_device, write_json
 
 
 def grayscale_histograms(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -116,8 +116,12 @@ def neighbours_experiment(
     return payload
 
 
-@click.command(context_settings=dict(help_option_names=["-h", "--help"]))
-@click.option("--dataset", default="cifar10", show_default=True)
+@click.command(
+    context_settings=dict(help_option_names=["-h", "--help"]),
+    epilog="\b\nExample:\n  python scripts/neighbours.py --dataset cifar10 --data-root "
+    "data/cifar10 --num-queries 10 --out results/neighbours.json",
+)
+@click.option("--dataset", default="cifar10", show_default=True, type=click.Choice(DATASETS))
 @click.option("--data-root", default="data", show_default=True, type=click.Path())
 @click.option("--image-size", default=32, show_default=True, type=int)
 @click.option(
@@ -125,6 +129,14 @@ def neighbours_experiment(
     help="The slice the runs held out (wwgan train --holdout), used when the data has no "
          "test split.",
 )  # fmt: skip
+@click.option(
+    "--cache-dir",
+    default=TrainConfig().cache_dir,
+    show_default=True,
+    envvar="WWGAN_CACHE_DIR",
+    show_envvar=True,
+    help="Where decoded image folders are cached, as `wwgan train --cache-dir` ('' disables).",
+)
 @click.option("--allow-training-images", is_flag=True,
               help="Use training images when there is no test split and no held-out slice.")  # fmt: skip
 @click.option("--num-queries", default=10, show_default=True, type=click.IntRange(min=1))
@@ -134,13 +146,15 @@ def neighbours_experiment(
     "--show", default=8, show_default=True, type=click.IntRange(min=1),
     help="Queries kept as thumbnails for the figure.",
 )  # fmt: skip
-@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps"
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
-def cli(out, dataset, data_root, image_size, holdout, **options):
+def cli(out, dataset, data_root, image_size, holdout, cache_dir, **options):
     """The 9 nearest neighbours of held-out real images under W2 and L2 (Figure 1)."""
     started = time.perf_counter()
     config = TrainConfig(dataset=dataset, data_root=data_root, image_size=image_size,
-                         holdout=holdout)  # fmt: skip
+                         holdout=holdout, cache_dir=cache_dir)  # fmt: skip
     payload = neighbours_experiment(config, **options, progress=True)
     write_json(payload, out)
     for name in METRICS:

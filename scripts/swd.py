@@ -166,7 +166,11 @@ def sliced_wasserstein_distance(
     return swd_from_descriptors(real_desc, fake_desc, seed=seed, **options)
 
 
-@click.command(context_settings=dict(help_option_names=["-h", "--help"]))
+@click.command(
+    context_settings=dict(help_option_names=["-h", "--help"]),
+    epilog="\b\nExample:\n  python scripts/swd.py data/real_images data/generated_images "
+    "--image-size 32 --num-images 1000",
+)
 @click.argument("real", type=click.Path(exists=True, file_okay=False))
 @click.argument("fake", type=click.Path(exists=True, file_okay=False))
 @click.option("--image-size", default=32, show_default=True, type=click.IntRange(min=16))

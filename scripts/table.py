@@ -40,6 +40,7 @@ from wwgan import (
 CELEBA_EPOCHS = "218.1 s and 236.9 s 'respectively' (Fig. 6, CelebA; likely WWGAN, WGAN-GP)"
 PAPER = {
     "FID": "curves only (Fig. 6): WWGAN 'comparable' to WGAN-GP",
+    "FID as the authors": "their code: TTUR's TensorFlow FID, 5,000 samples; curves only (Fig. 6)",
     "sliced Wasserstein distance": "",
     "seconds per epoch": "",
     "epoch time / WGAN-GP": "",
@@ -55,8 +56,8 @@ PAPER = {
     "noise: |Cohen's d| clean vs noisy": "WGAN-GP separates clean/noisy, WWGAN less (Fig. 5)",
     "noise: gap / real-fake gap": "",
 }
-GENERATOR_METRICS = list(PAPER)[:7]
-CRITIC_METRICS = list(PAPER)[7:]
+GENERATOR_METRICS = list(PAPER)[:8]
+CRITIC_METRICS = list(PAPER)[8:]
 SHIFT_FIELDS = {
     "shift: oscillation": "oscillation",
     "shift: sign changes": "sign_changes",
@@ -127,6 +128,20 @@ def _scales(metrics_path: Path) -> list[float]:
 # -- records: one number per metric, setting, variant and seed --
 
 
+def _base_metric(metric: str) -> str:
+    """The PAPER row of a labelled metric: 'FID (pytorch-fid, ...)' -> 'FID'."""
+    return metric if metric in PAPER else metric.split(" (", 1)[0]
+
+
+def _fid_label(base: str, implementation: str, samples, reference: str | None) -> str:
+    """An FID row's name: which implementation, how many generated samples, against
+    which reference statistics ('not recorded' for curves that predate the labels)."""
+    count = _number(samples)
+    parts = [implementation, f"{count:,.0f} samples" if count else "samples not recorded"]
+    parts.append(f"vs {reference}" if reference else "reference not recorded")
+    return f"{base} ({', '.join(parts)})"
+
+
 def _fid_curve_records(path: Path) -> list[dict]:
     """Final FID, SWD, epoch time and measured scale s of one run, from RUN/fid_curve.csv
     (its last row), RUN/config.json and RUN/metrics.jsonl."""
@@ -145,8 +160,17 @@ def _fid_curve_records(path: Path) -> list[dict]:
         label=_label(run), seed=run.get("seed"),
         setting=f"{run.get('dataset', path.parent.name)}, {_optimizer_name(run)} Adam preset",
     )  # fmt: skip
+    reference = last.get("reference")
     values = {
-        "FID": _number(last.get("fid")),
+        _fid_label("FID", "pytorch-fid", last.get("fid_samples"), reference): _number(
+            last.get("fid")
+        ),
+        _fid_label(
+            "FID as the authors",
+            "torch-fidelity, TTUR-equivalent",
+            last.get("ttur_samples"),
+            reference,
+        ): _number(last.get("fid_ttur")),
         "sliced Wasserstein distance": _number(last.get("swd")),
     }
     iteration, seconds = _number(last.get("iteration")), _number(last.get("train_seconds"))
@@ -254,7 +278,7 @@ def _format_estimate(values: list[float]) -> str:
 def _paper_note(metric: str, setting: str) -> str:
     if metric in ("seconds per epoch", "epoch time / WGAN-GP") and setting.startswith("celeba"):
         return CELEBA_EPOCHS
-    return PAPER.get(metric, "")
+    return PAPER.get(_base_metric(metric), "")
 
 
 def _machine() -> str:
@@ -321,7 +345,10 @@ def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
         "|---|---|" + "---|" * len(labels) + "---|",
     ]  # fmt: skip
     settings = list(dict.fromkeys(setting for _, setting in groups))
-    order = sorted(groups, key=lambda key: (settings.index(key[1]), list(PAPER).index(key[0])))
+    order = sorted(
+        groups,
+        key=lambda key: (settings.index(key[1]), list(PAPER).index(_base_metric(key[0])), key[0]),
+    )
     csv_rows = []
     for metric, setting in order:
         paper = _paper_note(metric, setting)
@@ -346,7 +373,11 @@ def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
     return [out, csv_path]
 
 
-@click.command(context_settings=dict(help_option_names=["-h", "--help"]))
+@click.command(
+    context_settings=dict(help_option_names=["-h", "--help"]),
+    epilog="\b\nExample:\n  python scripts/table.py --input runs/wwgan/seed0/fid_curve.csv "
+    "--input runs/wgan-gp/seed0/fid_curve.csv --input shift.json --out results/table.md",
+)
 @click.option(
     "--input", "inputs", multiple=True, required=True, type=click.Path(exists=True),
     help="Result files: RUN/fid_curve.csv (with RUN/config.json and metrics.jsonl), "
@@ -365,7 +396,8 @@ def cli(inputs, out, command):
 
     \b
     Reads (missing fields are skipped with a warning, other files are an error):
-      RUN/fid_curve.csv  last row's fid, swd, train_seconds, iteration; label, loss, seed,
+      RUN/fid_curve.csv  last row's fid, swd, train_seconds, iteration, and the FID labels
+                         fid_samples, fid_ttur, ttur_samples, reference; label, loss, seed,
                          dataset, batch_size, n_critic, holdout, lr/betas from
                          RUN/config.json; norm_scale, lam_effective from RUN/metrics.jsonl
       shift.json         runs[*].{label, seed, oscillation, sign_changes, early_jump,

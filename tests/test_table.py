@@ -11,20 +11,36 @@ from scipy import stats
 import table
 import wwgan
 
+pytestmark = pytest.mark.usefixtures("checkout_untouched")
 
-def _write_run(root, label, loss, seed, optimizer, fid, swd, seconds, scales=(40.0, 30.0)):
+REFERENCE = "cifar10 training images, n=50000, holdout 1000 excluded"
+
+
+def _write_run(
+    root, label, loss, seed, optimizer, fid, swd, seconds, scales=(40.0, 30.0), fid_ttur=None
+):
     """A run folder with config.json, a two-row fid_curve.csv and metrics.jsonl with the
-    logged norm scale at the start and at the end."""
+    logged norm scale at the start and at the end. With `fid_ttur`, the curve has the
+    label columns `fid.py curve --ttur-samples 5000` writes; without, the four columns of
+    older curves (no sample counts, no reference)."""
     run = root / optimizer / label.replace(" ", "_") / f"seed{seed}"
     run.mkdir(parents=True)
     preset = wwgan.OPTIMIZER_PRESETS[optimizer]
     config = dict(loss=loss, label=label, seed=seed, dataset="cifar10", batch_size=64,
                   n_critic=5, max_images=0, holdout=1000, lam=10.0, **preset)  # fmt: skip
     (run / "config.json").write_text(json.dumps(config))
-    (run / "fid_curve.csv").write_text(
-        "iteration,train_seconds,fid,swd\n"
-        f"500,{seconds / 2},{fid + 50},{swd + 1}\n1000,{seconds},{fid},{swd}\n"
-    )
+    if fid_ttur is None:
+        (run / "fid_curve.csv").write_text(
+            "iteration,train_seconds,fid,swd\n"
+            f"500,{seconds / 2},{fid + 50},{swd + 1}\n1000,{seconds},{fid},{swd}\n"
+        )
+    else:
+        labels = f'10000,{{}},5000,"{REFERENCE}"\n'
+        (run / "fid_curve.csv").write_text(
+            "iteration,train_seconds,fid,swd,fid_samples,fid_ttur,ttur_samples,reference\n"
+            f"500,{seconds / 2},{fid + 50},{swd + 1}," + labels.format(fid_ttur + 50)
+            + f"1000,{seconds},{fid},{swd}," + labels.format(fid_ttur)
+        )  # fmt: skip
     rows = [dict(iteration=it, norm_scale=s, lam_effective=10.0 * s)
             for it, s in zip((1, 1000), scales)]  # fmt: skip
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -54,7 +70,7 @@ def test_table_aggregates_seeds_and_shows_the_paper_claims(tmp_path):
     for label, values in fids.items():
         for seed, fid in enumerate(values):
             inputs.append(_write_run(tmp_path, label, losses[label], seed, "fid", fid,
-                                     0.1 * seed, seconds[label]))  # fmt: skip
+                                     0.1 * seed, seconds[label], fid_ttur=fid + 7))  # fmt: skip
         inputs.append(_write_run(tmp_path, label, losses[label], 0, "robustness", 39.0, 0.2, 1.0))
     oscillation = {"WGAN-GP": [3.0, 5.0], "WWGAN, unit mass": [1.2, 1.4]}
     shift = tmp_path / "shift.json"
@@ -88,11 +104,16 @@ def test_table_aggregates_seeds_and_shows_the_paper_claims(tmp_path):
     with open(out.with_suffix(".csv")) as f:
         rows = {(r["metric"], r["setting"], r["variant"]): r for r in csv.DictReader(f)}
     fid_setting = "cifar10, fid Adam preset"
+    ours = f"FID (pytorch-fid, 10,000 samples, vs {REFERENCE})"
+    authors = f"FID as the authors (torch-fidelity, TTUR-equivalent, 5,000 samples, vs {REFERENCE})"
     for label, values in fids.items():
-        row = rows[("FID", fid_setting, label)]
+        row = rows[(ours, fid_setting, label)]
         assert float(row["mean"]) == pytest.approx(sum(values) / 3)
         assert float(row["ci95"]) == pytest.approx(_t_interval_half_width(values))
-        assert row["n"] == "3"
+        assert row["n"] == "3" and "comparable" in row["paper"]
+        ttur = rows[(authors, fid_setting, label)]
+        assert float(ttur["mean"]) == pytest.approx(sum(values) / 3 + 7)
+        assert ttur["n"] == "3" and "TTUR's TensorFlow FID, 5,000 samples" in ttur["paper"]
         # an epoch: the 49,000 training images left after the holdout, / (64 * 5)
         epoch = rows[("seconds per epoch", fid_setting, label)]
         assert float(epoch["mean"]) == pytest.approx(seconds[label] / 1000 * 49_000 / 320)
@@ -113,6 +134,12 @@ def test_table_aggregates_seeds_and_shows_the_paper_claims(tmp_path):
 
     markdown = out.read_text()
     assert "snakemake --cores all" in markdown and "torch" in markdown
-    assert "| FID | cifar10, robustness Adam preset | 39 (n=1) | 39 (n=1) |" in markdown
+    # curves without the label columns still tabulate, and say what they do not record
+    unlabelled = "FID (pytorch-fid, samples not recorded, reference not recorded)"
+    assert f"| {unlabelled} | cifar10, robustness Adam preset | 39 (n=1) | 39 (n=1) |" in markdown
+    assert not any(m.startswith("FID as") and "robustness" in where for m, where, _ in rows)
+    # ours first, the authors' right below it
+    assert markdown.index(f"| {ours} |") < markdown.index(f"| {authors} |")
+    assert markdown.index(f"| {authors} |") < markdown.index("| sliced Wasserstein")
     assert "matched on fid at 101" in markdown and "no snapshot of every run" in markdown
     assert "218.1" not in markdown  # the paper's epoch times are CelebA's: not beside CIFAR-10
