@@ -269,9 +269,11 @@ class TrainConfig:
     )
     label: str = option("", "Name of the run's variant in tables and figures (not its identity).")
     cache_dir: str = option(
-        "data/cache",
-        "Where decoded image folders are cached as uint8 arrays ('' disables).",
+        None,
+        "Where decoded image folders are cached as uint8 arrays ('' disables) "
+        "[default: $WWGAN_CACHE_DIR, else data/cache].",
         type=click.Path(),
+        show_default=False,
     )
     celeba_crop: int = option(
         108,
@@ -300,7 +302,10 @@ class TrainConfig:
     def __post_init__(self):
         # Defaults that depend on other fields are resolved here, so that Python callers
         # and the CLI get the same run: CelebA at 64 px, the Adam preset's lr and betas.
-        resolved = dict(image_size=64 if self.dataset == "celeba" else 32)
+        resolved = dict(
+            image_size=64 if self.dataset == "celeba" else 32,
+            cache_dir=os.environ.get("WWGAN_CACHE_DIR", "data/cache"),
+        )
         resolved.update(OPTIMIZER_PRESETS.get(self.optimizer, {}))
         for name, value in resolved.items():
             if getattr(self, name) is None:
@@ -2425,7 +2430,7 @@ def train_options(command):
     """One `wwgan train` option per TrainConfig field, from the field's metadata (help,
     click type, flag name); fields with `cli=False` are left out. Options whose default
     depends on other flags (image size, learning rate) have none here."""
-    derived = {"out", "image_size", "lr"}  # resolved by TrainConfig
+    derived = {"out", "image_size", "lr", "cache_dir"}  # resolved by TrainConfig
     for f in reversed(dataclasses.fields(TrainConfig)):
         settings = dict(f.metadata)
         settings.pop("identity")
