@@ -161,7 +161,7 @@ class TrainConfig:
     channels: int = option(3, "", identity=True, cli=False)
     loss: str = option("wwgan", "Gradient penalty.", identity=True, type=click.Choice(LOSSES))
     iterations: int = option(100_000, "Generator iterations.", type=click.IntRange(min=0))
-    batch_size: int = option(64, "", type=click.IntRange(min=1), identity=True)
+    batch_size: int = option(64, "", type=click.IntRange(1, 2**16), identity=True)
     n_critic: int = option(
         5, "Critic updates per generator update.", type=click.IntRange(min=1), identity=True
     )
@@ -225,7 +225,7 @@ class TrainConfig:
     width: int = option(
         512,
         "Channels at 4x4 resolution (512 is the paper's model).",
-        type=click.IntRange(min=1),
+        type=click.IntRange(1, 8192),  # 8192 is already ~1.5G parameters at 64 px
         identity=True,
     )
     seed: int = option(0, "", identity=True, type=click.IntRange(0, 2**63 - 1))
@@ -2371,11 +2371,15 @@ def write_sample_grid(
     """An 8x8 grid of samples of a run's latest generator, saved as PNG."""
     from PIL import Image
 
+    out = Path(out)
+    image_format = Image.registered_extensions().get(out.suffix.lower())
+    if image_format is None:
+        raise WWGANError(f"{out}: unknown image file extension; use .png (or .jpg, .webp, ...)")
     _, generator, _ = load_run(run_dir, device)
     array = sample_grid(generator, num, seed, device).permute(1, 2, 0).numpy()
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(out)
+    with atomic_write(out) as f:
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(f, image_format)
     return out
 
 
@@ -2413,6 +2417,23 @@ def run_cli(command: click.Command, argv=None, prog_name: str | None = None) -> 
         sys.exit(exc.exit_code)
     except WWGANError as exc:
         click.echo(f"wwgan: error: {exc}", err=True)
+        sys.exit(1)
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        detail = _reason(exc) if str(exc) else "MemoryError"
+        click.echo(
+            f"wwgan: error: out of memory ({detail}); use a smaller --batch-size, --width "
+            f"or number of images",
+            err=True,
+        )
+        sys.exit(1)
+    except RuntimeError as exc:
+        if "allocate" not in str(exc):  # an allocation failure is the user's sizes, not a bug
+            raise
+        click.echo(
+            f"wwgan: error: out of memory ({_reason(exc)}); use a smaller --batch-size, "
+            f"--width or number of images",
+            err=True,
+        )
         sys.exit(1)
     except OSError as exc:  # unwritable output folder, vanished file, ...
         where = f": {exc.filename}" if exc.filename else ""

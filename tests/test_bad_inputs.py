@@ -424,9 +424,12 @@ def test_checkpoint_weights_that_do_not_fit_its_config(finished_run, tmp_path, c
     checkpoint["config"]["width"] = 32  # e.g. a config edited by hand
     run = copy_of(finished_run, tmp_path, checkpoint=b"")
     torch.save(checkpoint, run / "checkpoint.pt")
-    line = one_error_line(
-        *run_main(capsys, "wwgan", "samples", run, "--out", tmp_path / "s.png", "--device", "cpu")
-    )
+    argv = ["wwgan", "samples", run, "--out", tmp_path / "s.png", "--device", "cpu"]
+    line = one_error_line(*run_main(capsys, *argv))
+    assert f"{run / 'checkpoint.pt'}: content does not match its checksum" in line
+    del checkpoint["sha256"]  # a file without a digest (written before digests existed)
+    torch.save(checkpoint, run / "checkpoint.pt")
+    line = one_error_line(*run_main(capsys, *argv))
     assert f"{run / 'checkpoint.pt'}: weights do not match the model its config" in line
 
 
