@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import wwgan
-from conftest import files_with_times, snakemake_command
+from conftest import files_with_times, shared_path, snakemake_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,8 +86,8 @@ def test_conda_env_and_pip_requirements_pin_the_same_versions():
 # ---------------------------------------------------------------------------------------
 
 
-def test_lint_is_clean_for_both_presets(tmp_path):
-    for preset in ("paper", "smoke"):
+def test_lint_is_clean_for_every_preset(tmp_path):
+    for preset in ("paper", "cpu", "smoke"):
         proc = snakemake(tmp_path, "--lint", "--config", f"preset={preset}")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "Lints for" not in proc.stdout + proc.stderr
@@ -120,7 +120,7 @@ def test_dry_run_of_both_presets_builds_the_whole_graph_offline(tmp_path):
     assert cpu.returncode == 0, cpu.stdout + cpu.stderr
     counts = job_counts(cpu.stdout)
     # the CPU preset: 4 variants x 3 seeds on CIFAR-10, whose critics are probed too
-    assert counts["train"] == 12 and counts["fid_curve"] == 12 and counts["shift"] == 1
+    assert counts["train"] == 12 and counts["fid_curve"] == 12 and counts["probe"] == 2
     assert "--holdout 1000" in cpu.stdout and "--match fid --target 40" in cpu.stdout
 
     smoke = snakemake(tmp_path, "-n", "-p", "--cores", "all", "--config", "preset=smoke")
@@ -230,8 +230,7 @@ TWO_RUNS = [
     "preset=smoke",
     "seeds=[0]",
     "variants=[wwgan]",
-    "train={iterations: 24, snapshot_every: 12, "
-    "extra_args: '--max-images 64 --checkpoint-every 2 --log-every 2'}",
+    "train={iterations: 24, snapshot_every: 12, max_images: 64, checkpoint_every: 2, log_every: 2}",
     "critic_runs={iterations: 24, snapshot_every: 24}",
 ]
 
@@ -345,17 +344,28 @@ def test_a_failed_job_leaves_nothing_a_later_rule_would_take_for_done(tmp_path):
     fid_curve job that fails after scoring part of a run leaves no fid_curve.csv, but its
     scored snapshots stay in the partial file, so the rerun scores only the rest. Once
     fixed, only the failed training runs again."""
-    no_data = [*TWO_RUNS[:-1], "critic_runs={iterations: 24, snapshot_every: 24, dataset: folder}"]
+    # an image folder that exists (the preflight passes it) and holds no image
+    (tmp_path / "empty").mkdir()
+    no_data = [
+        *TWO_RUNS[:-1],
+        "critic_runs={iterations: 24, snapshot_every: 24, dataset: folder}",
+        "data={folder: empty}",
+    ]
     failed = snakemake(tmp_path, "--cores", "1", "--keep-going", "--until", "train", *no_data)
     assert failed.returncode != 0
-    assert "Error in rule train" in failed.stdout + failed.stderr
+    text = failed.stdout + failed.stderr
+    assert "Error in rule train" in text
     runs = tmp_path / "results" / "smoke" / "runs"
     assert [p.relative_to(runs).parts[:3] for p in runs.glob("**/train.done")] == [
         ("fid", "shapes", "wwgan")
     ]
     assert not (runs / "critic").exists()  # data is checked before the run folder is made
     (log,) = tmp_path.glob("logs/smoke/runs/critic/folder/wwgan/*/seed0/train.log")
-    assert "wwgan: error: image folder data does not exist" in log.read_text()
+    message = "wwgan: error: no image files"
+    assert message in log.read_text()
+    # the job's own message is on screen (onerror), under the name of its log
+    screen = text[text.index(f"=== rule train failed; last lines of {log.relative_to(tmp_path)}") :]
+    assert message in screen
     (fid_run,) = [p.parent for p in runs.glob("fid/shapes/wwgan/*/seed0/train.done")]
     trained = files_with_times(fid_run)
 
@@ -434,9 +444,152 @@ def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
         "2",
         "--config",
         "preset=smoke",
-        'variants={wwgan: {args: "--density-scale intensity --lipschitz-target 2.0"}}',
+        "variants={wwgan: {lipschitz_target: 2.0}}",
     )
     counts = job_counts(changed.stdout)
     assert counts["train"] == 4 and counts["fid_curve"] == 4 and counts["samples"] == 1
     assert "neighbours" not in counts and "motivating_example" not in counts
     assert not re.search(r"output: \S+/wgan-gp/", changed.stdout)
+
+
+# ---------------------------------------------------------------------------------------
+# preflight: device, data, weights before any job; settings fail at parse time
+# ---------------------------------------------------------------------------------------
+
+needs_no_cuda = pytest.mark.skipif(
+    __import__("torch").cuda.is_available(),
+    reason="the device preflight needs a machine without CUDA",
+)
+
+
+def nothing_started(workdir: Path) -> bool:
+    """No job ran: no results, logs or download markers under the working directory."""
+    return not any((workdir / d).exists() for d in ("results", "logs", "data"))
+
+
+@needs_no_cuda
+def test_paper_preset_without_cuda_stops_at_once_with_one_screen(tmp_path):
+    """The README's main command on this machine: no CUDA, no data, no network."""
+    started = time.monotonic()
+    proc = snakemake(tmp_path, "--cores", "all")
+    seconds = time.monotonic() - started
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and seconds < 30, (seconds, text)
+    assert nothing_started(tmp_path), text
+    screen = text[text.index("wwgan preflight (preset 'paper'): nothing was started.") :]
+    assert "Traceback" not in text
+    # the cost here, labelled an estimate, the alternatives and how to insist
+    assert re.search(r"about [\d,]+ days of compute \(an estimate", screen), screen
+    for hint in ("--config preset=cpu", "--config preset=smoke", "--config allow_cpu=true"):
+        assert hint in screen
+    # what to place where, for each dataset (offline: no download possible)
+    assert "data/cifar10/cifar-10-batches-py" in screen and "data/celeba/img_align_celeba" in screen
+    assert "wwgan download celeba --root data/celeba" in screen
+
+    # -n: the same findings as warnings, and the plan
+    dry = snakemake(tmp_path, "-n", "--cores", "all")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    warnings = [
+        line for line in dry.stderr.splitlines() if line.startswith("wwgan preflight: warning:")
+    ]
+    assert len(warnings) == 3 and "allow_cpu=true" in dry.stderr
+    assert job_counts(dry.stdout)["train"] == 36
+
+
+@needs_no_cuda
+def test_allow_cpu_lifts_only_the_device_finding(tmp_path):
+    proc = snakemake(tmp_path, "--cores", "all", "--config", "allow_cpu=true")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and nothing_started(tmp_path)
+    assert "- preset 'paper' is meant for a GPU" not in text  # no longer blocking ...
+    assert "note: preset 'paper' is meant for a GPU" in text  # ... but still said
+    assert "- cifar10: CIFAR-10 not found" in text
+
+
+def test_a_missing_data_root_is_named_by_a_dry_run_and_stops_a_real_run(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    config = ["--config", "preset=cpu", f"data={{cifar10: {missing}}}"]
+    dry = snakemake(tmp_path, "-n", "--cores", "all", *config)
+    assert dry.returncode == 0 and job_counts(dry.stdout)["train"] == 12
+    assert (
+        f"wwgan preflight: warning: cifar10: CIFAR-10 not found: expected {missing}" in dry.stderr
+    )
+    real = snakemake(tmp_path, "--cores", "all", *config)
+    text = real.stdout + real.stderr
+    assert real.returncode != 0 and nothing_started(tmp_path), text
+    assert f"- cifar10: CIFAR-10 not found: expected {missing}" in text
+    assert "nothing was started" in text and "Traceback" not in text
+
+
+def test_per_dataset_roots_plan_the_paper_preset_on_the_shared_layout(tmp_path):
+    """`../shared/data/{cifar10,celeba}` as the two roots: both found, nothing to
+    download, every training reads its own root."""
+    cifar10 = shared_path("data", "cifar10")
+    celeba = shared_path("data", "celeba")
+    proc = snakemake(
+        tmp_path, "-n", "-p", "--cores", "all",
+        "--config", f"data={{cifar10: {cifar10}, celeba: {celeba}}}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = job_counts(proc.stdout)
+    assert counts["train"] == 36 and "download" not in counts
+    assert "CIFAR-10 not found" not in proc.stderr and "CelebA not found" not in proc.stderr
+    assert "--dataset celeba --image-size 64" in proc.stdout
+    assert f"--data-root {celeba} " in proc.stdout and f"--data-root {cifar10} " in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("variants={wwgan: {lamb: 3}}", "variants.wwgan: Additional properties are not allowed ('lamb' was unexpected)"),
+        ("variants={wwgan: {lam: ten}}", "variants.wwgan.lam: 'ten' is not of type 'number'"),
+        ("train={widht: 8}", "train: Additional properties are not allowed ('widht' was unexpected)"),
+        ("fid_ttur_samples=-1", "fid_ttur_samples: -1 is less than the minimum of 0"),
+    ],
+)  # fmt: skip
+def test_a_misspelled_or_mistyped_setting_fails_at_parse_time_in_one_line(
+    tmp_path, override, named
+):
+    proc = snakemake(tmp_path, "-n", "--config", "preset=smoke", override)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in text
+    (line,) = [line for line in text.splitlines() if "invalid setting" in line]
+    assert line == f"invalid setting (preset 'smoke' with overrides): {named}"
+    assert "Building DAG" not in text  # refused while parsing
+
+
+def readme_commands() -> list:
+    """Every `snakemake ...` line in README.md's and config/README.md's code blocks."""
+    commands = []
+    for readme in (ROOT / "README.md", ROOT / "config" / "README.md"):
+        blocks = re.findall(r"```bash\n(.*?)```", readme.read_text(), flags=re.S)
+        for line in "\n".join(blocks).splitlines():
+            line = line.split(" # ")[0].strip()
+            if line.startswith("snakemake"):
+                commands.append(line)
+    return commands
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_every_readme_example_plans_as_printed(tmp_path, command):
+    """Run dry from a checkout beside ../shared (a symbolic link to the real one), as a
+    user would from the clone."""
+    import shlex
+
+    shared = shared_path("data").parent
+    (tmp_path / "shared").symlink_to(shared)
+    work = tmp_path / "wwgan"
+    work.mkdir()
+    args = shlex.split(command)[1:]
+    if "--report" in args:  # a report needs the results: plan the graph it reports on
+        at = args.index("--report")
+        del args[at : at + 2]
+    if "--profile" in args:
+        pytest.importorskip("snakemake_executor_plugin_slurm")
+        at = args.index("--profile") + 1
+        args[at] = str(ROOT / args[at])  # as from the checkout
+        args += ["--default-resources", "slurm_account=a", "slurm_partition=p"]
+    proc = snakemake(work, "-n", *args)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    assert "Job stats:" in text or "Nothing to be done" in text, text
