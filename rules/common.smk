@@ -213,9 +213,9 @@ def preflight_on_start():
 def show_failed_jobs():
     """onerror: the failed jobs' own messages (the last lines of their logs) on screen."""
     scheduler = getattr(workflow, "scheduler", None)
-    failed = [
-        (job.rule.name, [str(path) for path in job.log]) for job in getattr(scheduler, "failed", ())
-    ]
+    # Failed jobs; after Ctrl-C the interrupted ones are still listed as running.
+    jobs = [*getattr(scheduler, "failed", ()), *getattr(scheduler, "running", ())]
+    failed = [(job.rule.name, [str(path) for path in job.log]) for job in dict.fromkeys(jobs)]
     if failed:
         print(common.failed_jobs_screen(failed), file=sys.stderr)
 

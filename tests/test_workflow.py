@@ -593,3 +593,49 @@ def test_every_readme_example_plans_as_printed(tmp_path, command):
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text
     assert "Job stats:" in text or "Nothing to be done" in text, text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_snakemake_pid_alone_stops_the_trainings_with_a_checkpoint(tmp_path, sig):
+    """`kill -TERM <snakemake pid>` (or -INT), not to its process group: Snakemake passes
+    the signal on to the running trainings (2 cores: both runs at once), which checkpoint
+    the iteration they are in and exit 75; the rerun resumes them and finishes the graph
+    up to the trainings' first consumers."""
+    runs = tmp_path / "results" / "smoke" / "runs"
+
+    def run_dirs():
+        return sorted(p.parent for p in runs.glob("*/shapes/wwgan/*/seed0/config.json"))
+
+    def both_training():  # each run has logged past its first checkpoint
+        dirs = run_dirs()
+        return len(dirs) == 2 and all(logged_beyond(r, 2) for r in dirs)
+
+    proc = start_snakemake(tmp_path, "--cores", "2", "--until", "train", *TWO_RUNS)
+    deadline = time.monotonic() + 300
+    while not both_training():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "timed out waiting for the trainings"
+        time.sleep(0.02)
+    os.kill(proc.pid, sig)  # the Snakemake process alone
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out
+    assert "Traceback" not in out, out
+    for run in run_dirs():
+        assert not (run / "train.done").exists()
+        reached = wwgan.load_checkpoint(run / "checkpoint.pt")["iteration"]
+        assert 2 <= reached < 24, reached
+        (log,) = tmp_path.glob(f"logs/smoke/runs/{run.relative_to(runs)}/train.log")
+        name = signal.Signals(sig).name
+        assert f"stopped by {name} after iteration {reached} of 24" in log.read_text()
+        assert f"stopped by {name} after iteration {reached}" in out, out  # onerror
+    assert "exit status 75" in out or "returned non-zero exit status 75" in out, out
+    # no job process outlives Snakemake
+    assert not [p for p in run_dirs() if logged_beyond(p, 24)]
+
+    final = snakemake(tmp_path, "--cores", "2", "--until", "train", *TWO_RUNS)
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert job_counts(final.stdout + final.stderr) == {"train": 2, "total": 2}
+    for run in run_dirs():
+        assert wwgan.load_checkpoint(run / "checkpoint.pt")["iteration"] == 24
+        assert metrics_iterations(run) == [1, *range(2, 25, 2)]  # each row once
