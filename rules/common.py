@@ -64,8 +64,9 @@ def merged(preset, override):
                 f"unknown {', '.join(map(str, unknown))}; choose from {', '.join(preset)}"
             )
         return {key: preset[key] for key in override}
-    if isinstance(override, dict) and isinstance(preset, dict):
-        return {**preset, **{k: merged(preset.get(k), v) for k, v in override.items()}}
+    if isinstance(override, dict):  # merged into the preset's, or a new entry
+        base = preset if isinstance(preset, dict) else {}
+        return {**base, **{k: merged(base.get(k), v) for k, v in override.items()}}
     if isinstance(override, list):
         return [merged(None, item) for item in override]
     if isinstance(override, str):
