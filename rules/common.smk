@@ -174,12 +174,49 @@ def inputs_flags(files):
 # ---------------------------------------------------------------------------------------
 
 
-def preflight_findings():
+# Rules whose jobs the presets mean for a GPU (they declare the `gpu` resource).
+GPU_RULES = {"train", "fid_stats", "fid_curve", "bench"}
+
+
+def whole_plan():
+    """The plan of the whole graph (a dry run: the DAG is not built yet)."""
     runs = [fields for fields in RUN_FIELDS.values() for _ in S["seeds"]]
+    return common.Plan(
+        trainings=runs,
+        curves=runs,
+        statistics=len(S["datasets"]) if S["fid"] else 0,
+        bench=S["bench"],
+        datasets=set(common.used_datasets(S)),
+        weights=S["fid"],
+        gpu=True,
+    )
+
+
+def plan_of(jobs):
+    """The plan of the jobs this run would start (the targets, --until, what is done)."""
+    trainings, curves, statistics, datasets, rules = [], [], 0, set(), set()
+    reads = {"probe": CRITIC_DATASET, "neighbours": common.neighbours_dataset(S)}
+    for job in jobs:
+        name, wildcards = job.rule.name, job.wildcards
+        rules.add(name)
+        dataset = getattr(wildcards, "dataset", None) or reads.get(name)
+        if dataset:
+            datasets.add(dataset)
+        statistics += name == "fid_stats"
+        key = tuple(getattr(wildcards, k, None) for k in ("group", "dataset", "variant"))
+        if name in ("train", "fid_curve") and key in RUN_FIELDS:
+            (trainings if name == "train" else curves).append(RUN_FIELDS[key])
+    return common.Plan(
+        trainings, curves, statistics, "bench" in rules, datasets,
+        "fid_weights" in rules, bool(rules & GPU_RULES),
+    )  # fmt: skip
+
+
+def preflight_findings(plan):
     return [
-        *common.check_device(S, PRESET, runs),
-        *common.check_data(S),
-        *common.check_weights(S, FID_WEIGHTS),
+        *common.check_device(S, PRESET, plan),
+        *common.check_data(S, plan.datasets),
+        *common.check_weights(plan.weights),
     ]
 
 
@@ -198,9 +235,10 @@ def _dry_run_requested():
 def preflight_on_start():
     """A real local run: stop with one screen when a finding blocks (nothing started),
     else print the notes; then forward SIGTERM/SIGINT to the running jobs."""
+    plan = plan_of(workflow.dag.needrun_jobs())
     findings = [
         f
-        for f in preflight_findings()
+        for f in preflight_findings(plan)
         if f.topic != "device" or workflow.local_exec  # cluster jobs run on their nodes
     ]
     if any(f.blocking for f in findings):
@@ -221,7 +259,7 @@ def show_failed_jobs():
 
 
 if workflow.is_main_process and _dry_run_requested():
-    _findings = preflight_findings()
+    _findings = preflight_findings(whole_plan())
     if _findings:
         print(common.screen(_findings, PRESET, dry_run=True), file=sys.stderr)
 

@@ -682,3 +682,19 @@ def test_the_smoke_graph_with_fid_builds_the_weights_and_scores_with_them(tmp_pa
     header, *rows = curve.read_text().splitlines()
     assert header.startswith("iteration,train_seconds,fid,swd") and len(rows) == 2
     assert all(float(row.split(",")[2]) > 0 for row in rows)  # a finite, positive FID
+
+
+@needs_no_cuda
+def test_the_preflight_checks_only_what_the_planned_jobs_need(tmp_path):
+    """A paper-preset target that needs neither a GPU nor data runs without CUDA; one
+    training of CIFAR-10 names CIFAR-10 only."""
+    done = snakemake(tmp_path, "--cores", "1", "results/paper/motivating.csv")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "wwgan preflight" not in done.stdout + done.stderr
+    stopped = snakemake(
+        tmp_path, "--cores", "1", "--until", "train", "--config", "datasets=[cifar10]"
+    )
+    text = stopped.stdout + stopped.stderr
+    assert stopped.returncode != 0 and "- preset 'paper' is meant for a GPU" in text
+    assert "- cifar10: CIFAR-10 not found" in text and "CelebA" not in text
+    assert not (tmp_path / "results" / "paper" / "runs").exists()

@@ -131,7 +131,8 @@ def test_the_cpu_estimate_is_within_a_factor_two_of_the_cpu_presets_measured_tra
     runs = [common.run_fields(settings, "fid", "cifar10", v) for v in settings["variants"]] * len(
         settings["seeds"]
     )
-    seconds = common.estimate_cpu_seconds(settings, runs)["training"]
+    plan = common.Plan(runs, runs, 1, False, {"cifar10"}, True, True)
+    seconds = common.estimate_cpu_seconds(settings, plan)["training"]
     assert 5274 / 2 < seconds < 5274 * 2, seconds
 
 
