@@ -698,3 +698,13 @@ def test_the_preflight_checks_only_what_the_planned_jobs_need(tmp_path):
     assert stopped.returncode != 0 and "- preset 'paper' is meant for a GPU" in text
     assert "- cifar10: CIFAR-10 not found" in text and "CelebA" not in text
     assert not (tmp_path / "results" / "paper" / "runs").exists()
+
+
+def test_the_catalogs_test_config_plans_the_smoke_preset(tmp_path):
+    catalog = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())
+    assert "preset=smoke" in catalog["usage"]["mandatory-flags"]["flags"]
+    proc = snakemake(tmp_path, "-n", "--configfile", str(ROOT / ".test" / "config" / "config.yaml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = job_counts(proc.stdout)
+    assert counts["train"] == 16 and counts["probe"] == 2 and "download" not in counts
+    assert "wwgan preflight" not in proc.stderr  # offline, CPU: nothing to warn about
