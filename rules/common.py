@@ -104,7 +104,7 @@ def load_settings(basedir: str | Path, config: dict) -> tuple[str, dict]:
     settings = merged(base, {k: v for k, v in config.items() if k != "preset"})
     problem = schema_problem(settings, basedir / "config" / "schema.yaml")
     if problem:
-        raise SettingsError(f"invalid setting (preset {preset!r} with overrides): {problem}")
+        raise SettingsError(f"invalid preset {preset!r} with --config overrides: {problem}")
     for group in ("train", "critic_runs"):
         if settings[group]["snapshot_every"] > settings[group]["iterations"]:
             raise SettingsError(f"{group}.snapshot_every must not exceed {group}.iterations")

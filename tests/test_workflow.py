@@ -553,8 +553,8 @@ def test_a_misspelled_or_mistyped_setting_fails_at_parse_time_in_one_line(
     proc = snakemake(tmp_path, "-n", "--config", "preset=smoke", override)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in text
-    (line,) = [line for line in text.splitlines() if "invalid setting" in line]
-    assert line == f"invalid setting (preset 'smoke' with overrides): {named}"
+    (line,) = [line for line in text.splitlines() if "invalid preset" in line]
+    assert line == f"invalid preset 'smoke' with --config overrides: {named}"
     assert "Building DAG" not in text  # refused while parsing
 
 
