@@ -161,7 +161,12 @@ class TrainConfig:
     channels: int = option(3, "", identity=True, cli=False)
     loss: str = option("wwgan", "Gradient penalty.", identity=True, type=click.Choice(LOSSES))
     iterations: int = option(100_000, "Generator iterations.", type=click.IntRange(min=0))
-    batch_size: int = option(64, "", type=click.IntRange(1, 2**16), identity=True)
+    batch_size: int = option(
+        64,
+        "",
+        identity=True,
+        type=click.IntRange(2, 2**16),  # the generator's BatchNorm needs 2 samples
+    )
     n_critic: int = option(
         5, "Critic updates per generator update.", type=click.IntRange(min=1), identity=True
     )
@@ -216,7 +221,7 @@ class TrainConfig:
         None,
         "Learning rate [default: the --optimizer preset's].",
         identity=True,
-        type=FiniteFloatRange(min=0, min_open=True),
+        type=FiniteFloatRange(0, 10, min_open=True),  # Adam's float32 state overflows far above
         show_default=False,
     )
     beta1: float = option(None, "", identity=True, cli=False, type=FiniteFloatRange(0, 1))
@@ -257,14 +262,14 @@ class TrainConfig:
     max_images: int = option(
         0,
         "Use at most N training images (0: all).",
-        type=click.IntRange(min=0),
+        type=click.IntRange(0, 10**8),
         identity=True,
     )
     holdout: int = option(
         0,
         "Hold back N training images (a fixed random slice) for evaluation; training never "
         "sees them. For data without a test split.",
-        type=click.IntRange(min=0),
+        type=click.IntRange(0, 10**8),
         identity=True,
     )
     label: str = option("", "Name of the run's variant in tables and figures (not its identity).")
@@ -367,7 +372,9 @@ def select_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise WWGANError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # meta, xla, ... cannot train
+        raise WWGANError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise WWGANError(f"device {name!r} requested but CUDA is not available")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -1671,6 +1678,10 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
             f"use a multiple of {ctx.world_size}"
         )
     batch = config.batch_size // ctx.world_size  # this process's share
+    if batch < 2:  # BatchNorm in training mode needs two samples per process
+        raise WWGANError(
+            f"batch size {config.batch_size} gives {batch} per process; use {2 * ctx.world_size} or more"
+        )
     run = RunDir(config, ctx, device)
     try:
         with run, gpu_performance_flags(device, config.tf32, config.cudnn_benchmark):
