@@ -321,6 +321,8 @@ def test_train_and_table_commands_end_to_end(tmp_path, capsys):
     assert [r["setting"] for r in table["dose_response"]] == ["sobolev"] * 2 + ["wgan-gp"] * 2
     assert [(r["setting"], r["n"]) for r in table["paired"]] == [("sobolev", 2)] * 2
     assert "| sobolev | wgan-gp |" in md.read_text()
+    run_step("figures", "dose-response", "--input", out, "--out", tmp_path / "fig")
+    assert (tmp_path / "fig.png").stat().st_size > 0 and (tmp_path / "fig.pdf").exists()
 
 
 def test_bad_inputs_are_one_line(tmp_path, capsys):
