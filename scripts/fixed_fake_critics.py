@@ -469,8 +469,8 @@ def paired_differences(
 ) -> list[dict]:
     """For each lam of `setting`: per seed, its critic minus the `reference` critic of
     the SAME seed whose `match` (lam_eff, lam, or a metric such as separation) is
-    nearest; a pair whose lam_eff differs by more than `max_ratio` (match lam_eff) is
-    dropped. Each metric's difference as mean and 95% t half-width over the pairs, with
+    nearest; a pair whose lam_eff (or lam) differs by more than the factor `max_ratio`
+    is dropped. Each metric's difference as mean and 95% t half-width over the pairs, with
     whether the interval excludes 0, and the geometric mean ratio of the matched
     lam_effs (reference / setting)."""
     by_seed = {}
@@ -486,7 +486,7 @@ def paired_differences(
             if not candidates:
                 continue
             b = min(candidates, key=lambda c: _distance(a, c, match))
-            if match == "lam_eff" and _distance(a, b, match) > math.log(max_ratio):
+            if match in ("lam_eff", "lam") and _distance(a, b, match) > math.log(max_ratio):
                 continue
             pairs.append((a, b))
         if not pairs:
@@ -737,7 +737,7 @@ def train_command(out, device, **options):
     default=2.0,
     show_default=True,
     type=click.FloatRange(1, min_open=False),
-    help="Drop pairs whose lam_eff differ by more than this factor (--match lam_eff).",
+    help="Drop pairs whose matched lam_eff (or lam) differ by more than this factor.",
 )
 @click.option("--out-md", required=True, type=click.Path(dir_okay=False))
 @click.option("--out-json", default=None, type=click.Path(dir_okay=False))

@@ -266,6 +266,12 @@ def test_pairs_beyond_the_ratio_are_dropped_and_matching_on_another_column():
     rows = ffc.paired_differences(records, "wwgan-intensity", "wgan-gp", match="lam")
     assert [row["lam"] for row in rows] == [0.025, 0.25, 2.5, 25.0]
     assert all(row["lam_eff_ratio"] == pytest.approx(1e-4, rel=0.1) for row in rows)
+    for r in records:
+        if r["setting"] == "wwgan-intensity":
+            r["lam"] *= 1e4  # now >= 10x the largest reference lam: beyond max_ratio 2
+    assert ffc.paired_differences(records, "wwgan-intensity", "wgan-gp", match="lam") == []
+    rows = ffc.paired_differences(records, "wwgan-intensity", "wgan-gp", match="lam", max_ratio=1e4)
+    assert len(rows) == 4
 
 
 # ---------------------------------------------------------------- the commands end to end
