@@ -400,16 +400,17 @@ def render_dose_response(inputs, out):
     records = load_records(inputs)
     rows = dose_response(records)
     settings = list(dict.fromkeys(r["setting"] for r in records))
+    palette = [c for c in COLORS if c != "#6baed6"]  # families apart, not two blues
     columns = 4
     fig, axes = plt.subplots(
         math.ceil(len(METRICS) / columns), columns, figsize=(13, 6), squeeze=False
     )
     for ax, (metric, description) in zip(axes.flat, METRICS.items()):
         for n, setting in enumerate(settings):
-            color = COLORS[n % len(COLORS)]
+            color = palette[n % len(palette)]
             own = [r for r in records if r["setting"] == setting]
-            ax.scatter([r["lam_eff"] for r in own], [r[metric] for r in own], s=6,
-                       color=color, alpha=0.4, lw=0)  # fmt: skip
+            ax.scatter([r["lam_eff"] for r in own], [r[metric] for r in own], s=10,
+                       color=color, alpha=0.5, lw=0)  # fmt: skip
             means = sorted((r for r in rows if r["setting"] == setting),
                            key=lambda r: r["lam_eff"]["mean"])  # fmt: skip
             ax.errorbar(
