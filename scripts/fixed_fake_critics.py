@@ -99,7 +99,8 @@ FAMILY_NOTES = {
     "wgan-gp": "lam (||g||_2 - 1)^2",
     "wgan-gp-low-target": f"lam (||g||_2 - {LOW_TARGET:g})^2: the scale control",
     "sobolev": f"lam (sqrt(g^T L~(c) g) - 1)^2 with the density a constant c = "
-    f"{SOBOLEV_DENSITY:g}: the unweighted graph Laplacian (a Sobolev-type norm)",
+    f"{SOBOLEV_DENSITY:g}: the image-independent graph Laplacian, Def. 10's 1/d_i kept "
+    f"(a Sobolev-type norm)",
 }
 TAIL_FRACTION = 0.2  # s and lam_eff are averaged over the last fifth of the steps
 HIGH_FREQUENCY = 0.25  # cycles per pixel
