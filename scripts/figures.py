@@ -3,7 +3,8 @@
     python scripts/figures.py NAME --input FILE [--input FILE ...] --out figures/NAME
 
 Names: fid-curves (Fig. 6), samples (Supp. Figs. 1-2), shift (Fig. 4), noise (Fig. 5),
-neighbours (Fig. 1), motivating-example (Fig. 3). Each renderer registers itself below.
+neighbours (Fig. 1), motivating-example (Fig. 3), dose-response (issue 21). Each renderer
+registers itself below.
 """
 
 from __future__ import annotations
@@ -384,6 +385,48 @@ def render_motivating_example(inputs, out):
     ax.set_xlabel("|x - y| (pixels)")
     ax.set_ylabel(r"$d(\delta_x, \delta_y)$")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+@register_figure("dose-response")
+def render_dose_response(inputs, out):
+    """Issue 21: each fixed-fake critic metric against the measured lam_eff (log axis),
+    one line per family through its per-lam means with 95% t intervals over seeds, every
+    critic a dot (`fixed_fake_critics.py train` results)."""
+    from fixed_fake_critics import METRICS, dose_response, load_records
+
+    plt = _matplotlib()
+    records = load_records(inputs)
+    rows = dose_response(records)
+    settings = list(dict.fromkeys(r["setting"] for r in records))
+    palette = [c for c in COLORS if c != "#6baed6"]  # families apart, not two blues
+    columns = 4
+    fig, axes = plt.subplots(
+        math.ceil(len(METRICS) / columns), columns, figsize=(13, 6), squeeze=False
+    )
+    for ax, (metric, description) in zip(axes.flat, METRICS.items()):
+        for n, setting in enumerate(settings):
+            color = palette[n % len(palette)]
+            own = [r for r in records if r["setting"] == setting]
+            ax.scatter([r["lam_eff"] for r in own], [r[metric] for r in own], s=10,
+                       color=color, alpha=0.5, lw=0)  # fmt: skip
+            means = sorted((r for r in rows if r["setting"] == setting),
+                           key=lambda r: r["lam_eff"]["mean"])  # fmt: skip
+            ax.errorbar(
+                [r["lam_eff"]["mean"] for r in means], [r[metric]["mean"] for r in means],
+                yerr=[r[metric]["half"] or 0.0 for r in means], color=color, marker="o",
+                ms=3, lw=1.2, capsize=2, label=setting,
+            )  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_title(textwrap.fill(description, 40), fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(METRICS) :]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel(r"measured $\lambda_{eff} = \lambda\, s\, t$", fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Critics against a fixed fake pool: mean ± 95% t interval over seeds", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out)
 
