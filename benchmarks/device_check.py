@@ -447,8 +447,19 @@ def section_tests(ctx: dict, allowance: float) -> dict:
 
 
 def paper_variants() -> dict:
-    """The workflow's variants, as the paper preset names them: {name: {loss, args, label}}."""
+    """The workflow's variants, as the paper preset names them: {name: {loss, label, and
+    typed TrainConfig settings such as lam or density_scale}}."""
     return yaml.safe_load(PAPER_PRESET.read_text())["variants"]
+
+
+def variant_flags(spec: dict) -> list[str]:
+    """A variant's `wwgan train` flags, built by the workflow's own function
+    (rules/common.py `train_flags`), so that the GPU runs train what the workflow would."""
+    path = PAPER_PRESET.parents[2] / "rules" / "common.py"
+    loader = importlib.util.spec_from_file_location("workflow_common", path)
+    common = sys.modules.setdefault("workflow_common", importlib.util.module_from_spec(loader))
+    loader.loader.exec_module(common)  # registered first: its dataclasses look themselves up
+    return shlex.split(common.train_flags({k: v for k, v in spec.items() if k != "label"}))
 
 
 def _variant_command(ctx: dict, name: str, spec: dict, run: Path) -> list:
@@ -456,7 +467,7 @@ def _variant_command(ctx: dict, name: str, spec: dict, run: Path) -> list:
     flags = [
         "--out", run, "--dataset", config.dataset, "--data-root", config.data_root,
         "--cache-dir", config.cache_dir, "--image-size", config.image_size,
-        "--loss", spec["loss"], *shlex.split(spec.get("args", "")),
+        *variant_flags(spec),
         "--width", config.width, "--batch-size", config.batch_size,
         "--n-critic", config.n_critic, "--optimizer", "fid",
         "--iterations", 100_000,  # the paper preset's length; stopped by SIGTERM

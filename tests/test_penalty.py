@@ -15,7 +15,13 @@ import torch.nn.functional as F
 
 import quadratic_forms
 import wwgan
-from conftest import dense_laplacian, dense_quadratic_form, dense_tilde, shared_path
+from conftest import (
+    LinearCritic,
+    dense_laplacian,
+    dense_quadratic_form,
+    dense_tilde,
+    shared_path,
+)
 
 # -- an independent dense reference, built from the definitions -------------------------
 
@@ -208,17 +214,6 @@ def test_literal_definition_10_is_much_larger_than_l2_and_the_authors_form():
 
 
 # -- gradient_penalty ---------------------------------------------------------------------
-
-
-class LinearCritic(nn.Module):
-    """f(x) = <w, x>: its input gradient is w everywhere, so penalties are exact."""
-
-    def __init__(self, w):
-        super().__init__()
-        self.w = nn.Parameter(w.clone())
-
-    def forward(self, x):
-        return (x * self.w).sum((1, 2, 3))
 
 
 def test_wgan_gp_and_lp_penalties_exact_for_a_linear_critic():
