@@ -205,6 +205,14 @@ class TrainConfig:
     neighborhood: int = option(
         4, "Pixel graph: 4 or 8 neighbours.", identity=True, type=click.Choice(["4", "8"])
     )
+    lam_follows: str = option(
+        "",
+        "WGAN-GP/LP only: multiply lam by the scale s = sqrt(g^T L~ g) / ||g|| that WWGAN's "
+        "norm has on each batch's gradient at this density scale (detached), so that the "
+        "control's strength lam * s * t tracks WWGAN's through training.",
+        identity=True,
+        type=click.Choice(["", *DENSITY_SCALES]),
+    )
     gamma: float = option(
         1.0,
         "wwgan-authors only: weight of ||g||^2.",
@@ -325,6 +333,10 @@ class TrainConfig:
                 f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}",
             ),
             (self.neighborhood in (4, 8), f"neighborhood must be 4 or 8, got {self.neighborhood}"),
+            (
+                not self.lam_follows or self.loss in ("wgan-gp", "lp"),
+                f"lam_follows is for the L2 losses (wgan-gp, lp), not {self.loss!r}",
+            ),
             *((problem is None, problem) for problem in problems),
             (
                 self.channels in (1, 3),
@@ -1432,6 +1444,7 @@ def gradient_penalty(
     compiled: bool = False,
     density_scale: str = "intensity",
     return_l2: bool = False,
+    lam_follows: str = "",
 ):
     """The gradient penalty of `loss` at x_hat = eps * real + (1 - eps) * fake, eps ~ U[0, 1]
     per sample (uniform on the straight line between a real and a fake sample):
@@ -1449,6 +1462,12 @@ def gradient_penalty(
     `compiled`: see `gradient_norm`. Returns (penalty, gradient_norms) with the norms
     detached, for logging; with `return_l2`, also ||g||_2 per sample (detached): the ratio
     of the two is the scale s that makes lam act like lam * s * target on a rescaled critic.
+
+    `lam_follows` ("intensity" | "unit-mass", L2 losses only) makes a control whose
+    strength tracks WWGAN's through training: lam is multiplied by s = mean sqrt(g^T
+    L~(rho) g) / ||g||_2, measured (detached) on this batch's gradient with rho at that
+    density scale; the returned norms are then those W2 norms, so their ratio to ||g||_2
+    is the s used and lam * s * target the strength applied.
     """
     _check_image_batches(real, fake, loss)
     if eps is None:
@@ -1460,13 +1479,20 @@ def gradient_penalty(
         at = x_hat if density_at == "interpolate" else fake.detach()
         density = images_to_density(at, density_scale)
     norms = gradient_norm(grad, loss, density, alpha, neighborhood, gamma, compiled)
+    reported = norms.detach()
+    if lam_follows:  # the strength-tracking control: lam * s, s measured on this gradient
+        if loss not in ("wgan-gp", "lp"):
+            raise ValueError(f"lam_follows is for the L2 losses (wgan-gp, lp), not {loss!r}")
+        density = images_to_density(x_hat, lam_follows)
+        reported = safe_sqrt(laplacian_quadratic_form(grad.detach(), density, alpha, neighborhood))
+        lam = lam * (reported / norms.detach()).mean()  # detached: a weight, not a loss term
     excess = norms - target
     if loss == "lp" or (one_sided and loss != "wgan-gp"):
         excess = excess.clamp_min(0.0)
     penalty = lam * excess.square().mean()
     if not return_l2:
-        return penalty, norms.detach()
-    return penalty, norms.detach(), safe_sqrt(grad.detach().square().sum(dim=(1, 2, 3)))
+        return penalty, reported
+    return penalty, reported, safe_sqrt(grad.detach().square().sum(dim=(1, 2, 3)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -1490,6 +1516,7 @@ def penalty_settings(config: TrainConfig) -> dict:
         target=config.lipschitz_target,
         compiled=config.compile,
         density_scale=config.density_scale,
+        lam_follows=config.lam_follows,
     )
 
 

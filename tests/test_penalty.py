@@ -496,3 +496,27 @@ def test_values_are_read_back_once_per_accelerator_and_always_on_cpu(monkeypatch
     on_device = torch.empty(2, 3, 4, 4, device="meta")  # stands for any non-CPU device
     assert [wwgan._check_values("images", on_device) for _ in range(3)] == [True, False, False]
     assert all(wwgan._check_values("images", torch.zeros(1)) for _ in range(3))
+
+
+def test_a_control_whose_lam_follows_wwgans_scale_uses_lam_times_the_measured_s():
+    """Known s: a linear critic's gradient is w everywhere, so s = sqrt(w^T L~ w) / ||w||
+    at the interpolate's density, computed here from the dense Def. 10 matrix."""
+    torch.manual_seed(0)
+    real, fake = torch.rand(2, 3, 4, 4) * 2 - 1, torch.rand(2, 3, 4, 4) * 2 - 1
+    w = torch.randn(1, 3, 4, 4)
+    eps = torch.full((2, 1, 1, 1), 0.5)
+    x_hat = 0.5 * real + 0.5 * fake
+    grads = np.repeat(w.double().numpy(), 2, axis=0)
+    values, _ = dense_quadratic_form(grads, wwgan.images_to_density(x_hat).double().numpy(), 4, 1.0)
+    s = float(np.mean(np.sqrt(values)) / w.double().norm())
+    plain, _ = wwgan.gradient_penalty(LinearCritic(w), real, fake, "wgan-gp", lam=10, eps=eps)
+    tracked, w2, l2 = wwgan.gradient_penalty(
+        LinearCritic(w), real, fake, "wgan-gp", lam=10, eps=eps, lam_follows="intensity",
+        return_l2=True,
+    )  # fmt: skip
+    assert float(tracked) == pytest.approx(float(plain) * s, rel=1e-4)
+    assert float((w2 / l2).mean()) == pytest.approx(s, rel=1e-4)  # the logged s
+    with pytest.raises(ValueError, match="L2 losses"):
+        wwgan.gradient_penalty(LinearCritic(w), real, fake, "wwgan", lam_follows="intensity")
+    with pytest.raises(wwgan.WWGANError, match="lam_follows is for the L2 losses"):
+        wwgan.TrainConfig(loss="wwgan", lam_follows="intensity")

@@ -393,3 +393,15 @@ def test_tensorboard_events_match_metrics_and_resume_does_not_duplicate(tmp_path
         assert [s.step for s in scalars] == [1, 2, 3, 4, 5, 6], name
         assert [s.value for s in scalars] == pytest.approx([r[name] for r in rows], rel=1e-6)
     assert [image.step for image in events.Images("samples")] == [3, 6]
+
+
+def test_the_tracking_control_logs_the_strength_it_applies(tmp_path):
+    """WGAN-GP with lam_follows: each step's lam is lam * s with s measured on its own
+    batch, and metrics.jsonl logs that s and lam_eff like every run's."""
+    config = tiny_config(tmp_path, loss="wgan-gp", lam_follows="intensity", log_every=1)
+    wwgan.train(config, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["norm_scale"] > 5 for r in rows)  # Def. 10's intensity scale, not 1
+    for row in rows:
+        assert row["lam_effective"] == pytest.approx(10.0 * row["norm_scale"], rel=1e-6)
+        assert row["grad_norm"] == pytest.approx(row["norm_scale"] * row["grad_l2_norm"], rel=0.5)

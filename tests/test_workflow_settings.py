@@ -54,8 +54,16 @@ IDENTITY_CHANGES = {
 
 
 def test_every_identity_field_is_covered_by_the_changes_checked_below():
-    settable = set(wwgan.IDENTITY_FIELDS) - {"seed", "channels", "latent_dim", "beta1", "beta2"}
+    fixed = {"seed", "channels", "latent_dim", "beta1", "beta2"}
+    settable = set(wwgan.IDENTITY_FIELDS) - fixed - {"lam_follows"}  # needs wgan-gp: below
     assert settable <= set(IDENTITY_CHANGES)
+
+
+def test_the_tag_changes_when_the_control_tracks_wwgans_strength():
+    control = paper_fields(loss="wgan-gp", lam=10)
+    tracking = paper_fields(loss="wgan-gp", lam=10, lam_follows="intensity")
+    assert common.run_tag(tracking) != common.run_tag(control)
+    assert "--lam-follows intensity" in common.train_flags(tracking)
 
 
 @pytest.mark.parametrize("name", sorted(IDENTITY_CHANGES))
