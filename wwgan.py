@@ -1456,18 +1456,13 @@ def gradient_penalty(
       `images_to_density` (intensity: Remark 3's unnormalized masses; unit-mass: Sec. 2.1);
     - "wwgan-authors": the same with the authors' code's quadratic form.
 
-    `target` replaces the 1 (see README: the Def. 10 norm of a fresh critic is ~40x its
-    L2 norm); `one_sided` uses max(0, . - target)^2 for the W2 losses. `eps` (B, 1, 1, 1)
-    fixes the interpolation weights (tests of distributed training); drawn when None.
-    `compiled`: see `gradient_norm`. Returns (penalty, gradient_norms) with the norms
-    detached, for logging; with `return_l2`, also ||g||_2 per sample (detached): the ratio
-    of the two is the scale s that makes lam act like lam * s * target on a rescaled critic.
-
-    `lam_follows` ("intensity" | "unit-mass", L2 losses only) makes a control whose
-    strength tracks WWGAN's through training: lam is multiplied by s = mean sqrt(g^T
-    L~(rho) g) / ||g||_2, measured (detached) on this batch's gradient with rho at that
-    density scale; the returned norms are then those W2 norms, so their ratio to ||g||_2
-    is the s used and lam * s * target the strength applied.
+    `target` replaces the 1; `one_sided` uses max(0, . - target)^2 for the W2 losses; `eps`
+    (B, 1, 1, 1) fixes the interpolation weights (drawn when None); `compiled`: see
+    `gradient_norm`. Returns (penalty, norms detached); with `return_l2` also ||g||_2 per
+    sample: their ratio is the scale s that makes lam act like lam * s * target.
+    `lam_follows` ("intensity" | "unit-mass", L2 losses only): a control whose strength
+    tracks WWGAN's, lam * s with s measured (detached) on this gradient at that density
+    scale; the returned norms are then the W2 norms, so lam_eff reads as for WWGAN.
     """
     _check_image_batches(real, fake, loss)
     if eps is None:
