@@ -219,14 +219,32 @@ def section_data(ctx: dict, allowance: float) -> dict:
 @contextlib.contextmanager
 def _stop_after(seconds: float):
     """Send this process SIGUSR1 after `seconds`: a running `wwgan.train` checkpoints and
-    stops at the next iteration; outside one the signal is ignored."""
-    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
-    timer = threading.Timer(max(seconds, 0.0), os.kill, (os.getpid(), signal.SIGUSR1))
-    timer.start()
+    stops at the next iteration. The signal waits until a handler other than this one's
+    no-op is in place (the trainer's): sent before `wwgan.train` had installed its own, it
+    was ignored, and a training whose share was already spent (a 0 s timer) then ran to
+    its last iteration. A block that ends first gets no signal."""
+
+    def ignore(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGUSR1, ignore)
+    done = threading.Event()
+
+    def send():
+        if done.wait(max(seconds, 0.0)):
+            return
+        while signal.getsignal(signal.SIGUSR1) is ignore:
+            if done.wait(0.02):
+                return
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
     try:
         yield
     finally:
-        timer.cancel()
+        done.set()
+        sender.join()
         signal.signal(signal.SIGUSR1, previous)
 
 
