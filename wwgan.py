@@ -2075,7 +2075,7 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
 
 def rng_state() -> dict:
     state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # a CPU run never starts CUDA
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 

@@ -39,6 +39,11 @@ sys.meta_path.insert(0, Absent())
 CLASSES = ("airplane automobile bird cat deer dog frog horse ship truck").split()
 
 
+# Sections' allowances are shares of this: at 100 s, bench_eager's 12 s ran out on a
+# 2-core VM at load 8 (it finishes in seconds when the machine is quiet).
+DRY_BUDGET = 160
+
+
 @pytest.mark.slow  # 33-54 s on the shared 2-core VM: seven Python processes import torch
 def test_dry_mode_writes_every_field_and_loadable_snapshots(tmp_path):
     """`device_check.py --dry` on a CIFAR-like folder packed by pack_device_data.sh, with
@@ -73,11 +78,11 @@ def test_dry_mode_writes_every_field_and_loadable_snapshots(tmp_path):
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--dry", "--data",
-         str(tar_path), "--out", str(out), "--work", str(work), "--budget", "100"],
+         str(tar_path), "--out", str(out), "--work", str(work), "--budget", str(DRY_BUDGET)],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert time.monotonic() - started < 100
+    assert time.monotonic() - started < DRY_BUDGET
     report = json.loads((out / "device_check.json").read_text())
 
     machine = report["machine"]

@@ -45,6 +45,8 @@ TRAIN_ARGS = [
     "--no-progress",
     "--loss",
     "wwgan",
+    "--device",  # bit-identity across processes is what the CPU promises; `auto` would
+    "cpu",  # train on CUDA on a GPU machine (cuDNN autotuning, nondeterministic kernels)
 ]
 
 # Runs the CLI; with KILL_DURING_SAVE=k it SIGKILLs itself in the middle of writing the
