@@ -35,6 +35,13 @@ CPU_INCEPTION_IMAGES_PER_SECOND = 5.5
 # benchmarks/bench.py (~0.7 s per width-512 critic step on this CPU) has no measured
 # total, so the estimate leaves the benchmark out and says so.
 COST_BASIS = "measured on a 2-core x86-64 CPU (BENCHMARKS.md)"
+# One generator iteration (n_critic 5, batch 64, width 512) on one H200, measured on
+# 2026-12-04 (BENCHMARKS.md, "Measured on one H200"): 45.9-49.7 ms at 32x32 through the
+# trainer, 49-51 ms at 64x64 (bench item 4). The step is bound by kernel launches, so a
+# narrower model is no faster (these are upper bounds for it), and four trainings
+# sharing the card ran at 3.54x the iterations of one.
+H200_SECONDS_PER_ITERATION = {32: 0.048, 64: 0.050}
+H200_SIDE_BY_SIDE = (4, 3.54)
 
 DOWNLOADABLE = ("cifar10", "celeba")
 # Where `wwgan download` fetches from: reachable, or the data must be placed by hand.
@@ -250,6 +257,20 @@ def estimate_cpu_seconds(settings: dict, plan: Plan) -> dict:
     return parts
 
 
+def estimate_h200_training_seconds(plan: Plan) -> float:
+    """Seconds of training on one H200, one job at a time, from the measured rates: the
+    image size's rate (the nearer measured size, scaled by pixels beyond 64x64), scaled
+    by batch size and critic steps; the width does not enter (launch-bound)."""
+    total = 0.0
+    for fields in plan.trainings:
+        config = train_config(fields)
+        size = min(H200_SECONDS_PER_ITERATION, key=lambda s: abs(s - config.image_size))
+        seconds = H200_SECONDS_PER_ITERATION[size] * max(1.0, (config.image_size / 64) ** 2)
+        seconds *= max(1.0, config.batch_size / 64) * (config.n_critic + 1) / 6
+        total += fields["iterations"] * seconds
+    return total
+
+
 def human_duration(seconds: float) -> str:
     if seconds >= 2 * 86400:
         return f"{seconds / 86400:,.0f} days"
@@ -369,13 +390,17 @@ def check_device(
         return []
     parts = estimate_cpu_seconds(settings, plan)
     total = sum(parts.values())
+    gpu = estimate_h200_training_seconds(plan)
+    jobs, speedup = H200_SIDE_BY_SIDE
     detail = ", ".join(f"{k} {human_duration(v)}" for k, v in parts.items() if v)
     if plan.bench:
         detail += ", plus the benchmark, not estimated"
     text = (
         f"preset {preset!r} is meant for a GPU (device: {device}) and this machine has no "
         f"CUDA. Here it would take about {human_duration(total)} of compute (an estimate: "
-        f"{detail}; speeds {COST_BASIS}).\n"
+        f"{detail}; speeds {COST_BASIS}). On one H200 its training takes about "
+        f"{human_duration(gpu)} one job at a time, about {human_duration(gpu / speedup)} "
+        f"with --resources gpu={jobs} (measured rates; FID curves not included).\n"
         "  Instead:  snakemake --cores all --config preset=cpu     (real CIFAR-10, reduced "
         "scale, ~1.5 h on 2 cores)\n"
         "            snakemake --cores all --config preset=smoke   (the same graph, tiny, "

@@ -144,6 +144,31 @@ def test_the_cpu_estimate_is_within_a_factor_two_of_the_cpu_presets_measured_tra
     assert 5274 / 2 < seconds < 5274 * 2, seconds
 
 
+def test_the_h200_estimate_matches_the_epochs_measured_on_the_h200():
+    """The preflight's GPU cost rests on benchmarks/results/device-check-h200.json: one
+    CIFAR-10 epoch (157 iterations) at the paper's width through the trainer, WGAN-GP
+    and WWGAN. The estimate of that epoch lies between the two measured epochs (to 5%),
+    64x64 costs what bench item 4 measured there, and n_critic and batch scale it."""
+    import json
+
+    report = json.loads((ROOT / "benchmarks/results/device-check-h200.json").read_text())
+    epochs = report["sections"]["epoch"]["losses"]
+    measured = sorted(e["seconds_per_iteration"] * e["iterations"] for e in epochs.values())
+    one_epoch = paper_fields(width=512, image_size=32, iterations=157)
+    seconds = common.estimate_h200_training_seconds(common.Plan([one_epoch], [], 0, *[None] * 4))
+    assert measured[0] * 0.95 < seconds < measured[1] * 1.05, (seconds, measured)
+    rates = report["sections"]["bench_eager"]["summary"]
+    per_64 = [
+        1 / rates[f"throughput_64_{loss}_iterations_per_second"] for loss in ("wgan-gp", "wwgan")
+    ]
+    at_64 = paper_fields(image_size=64, iterations=1)
+    seconds = common.estimate_h200_training_seconds(common.Plan([at_64], [], 0, *[None] * 4))
+    assert min(per_64) * 0.95 < seconds < max(per_64) * 1.05, (seconds, per_64)
+    halved = paper_fields(image_size=64, iterations=1, n_critic=2)  # 3 of 6 steps
+    plan = common.Plan([halved], [], 0, *[None] * 4)
+    assert common.estimate_h200_training_seconds(plan) == pytest.approx(seconds / 2)
+
+
 def test_the_cost_model_reproduces_its_measured_points():
     for width, seconds in common.CPU_SECONDS_PER_ITERATION.items():
         fields = paper_fields(width=width, image_size=32, batch_size=64, n_critic=5)
