@@ -3,6 +3,7 @@ directory against wwgan's own identity and resume check, the `wwgan train` flags
 from the same fields, and the cost estimate against measured times."""
 
 import importlib.util
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -151,3 +152,111 @@ def test_the_cost_model_reproduces_its_measured_points():
     # 64x64 has four times the pixels
     fields = paper_fields(image_size=64)
     assert common.cpu_seconds_per_iteration(fields) == pytest.approx(4 * 4.7)
+
+
+# ---------------------------------------------------------------------------------------
+# fixed-fake critics (issue 21)
+# ---------------------------------------------------------------------------------------
+
+
+def test_the_schema_and_the_workflow_know_the_scripts_families():
+    import fixed_fake_critics
+
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    group = schema["properties"]["fixed_fake"]["properties"]["groups"]["additionalProperties"]
+    names = group["properties"]["families"]["propertyNames"]["enum"]
+    assert sorted(names) == sorted(fixed_fake_critics.FAMILIES)
+    assert set(common.FIXED_FAKE_CONTROLS) < set(fixed_fake_critics.FAMILIES)
+
+
+def test_the_cpu_presets_fixed_fake_shards_pair_every_family_by_seed():
+    shards = common.fixed_fake_shards(preset("cpu"))
+    assert len(shards) == len(set(shards)) == 140
+    sweep = {(s, f) for g, s, f, _ in shards if g == "sweep"}
+    assert sweep == {
+        (s, f)
+        for s in ("early-wgan-gp", "final-wwgan")
+        for f in ("wgan-gp", "wwgan-intensity", "wwgan-unit-mass")
+    }
+    for key in {(g, s, f) for g, s, f, _ in shards}:
+        assert sorted(k for *rest, k in shards if tuple(rest) == key) == list(range(10))
+    assert {s for g, s, _, _ in shards if g == "ablation"} == {"early-wgan-gp"}
+    # the smoke preset's tiny design: 2 pools x 2 families x 2 seeds + sobolev x 2 seeds
+    assert len(common.fixed_fake_shards(preset("smoke"))) == 10
+
+
+def test_the_ablation_pairs_each_part_with_strength_and_with_its_full_penalty():
+    families = ["wgan-gp", "wwgan-intensity", "wwgan-unit-mass", "wwgan-intensity-alpha0",
+                "wwgan-unit-mass-8nb", "sobolev", "wgan-gp-low-target"]  # fmt: skip
+    assert common.fixed_fake_ablation_pairs(families) == [
+        "wwgan-intensity:wgan-gp",
+        "wwgan-unit-mass:wgan-gp",
+        "wwgan-intensity-alpha0:wgan-gp",
+        "wwgan-intensity-alpha0:wwgan-intensity",
+        "wwgan-unit-mass-8nb:wgan-gp",
+        "wwgan-unit-mass-8nb:wwgan-unit-mass",
+        "sobolev:wgan-gp",
+        "sobolev:wwgan-intensity",
+        "wgan-gp-low-target:wgan-gp",
+    ]
+    # a pair whose reference was not trained is left out
+    assert common.fixed_fake_ablation_pairs(["wgan-gp", "wwgan-intensity-8nb"]) == [
+        "wwgan-intensity-8nb:wgan-gp"
+    ]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"sources": {"early-wgan-gp": {"iteration": 700}}}, "no snapshot at 700 (every 500 up to 1500)"),
+        ({"sources": {"early-wgan-gp": {"iteration": 2000}}}, "no snapshot at 2000"),
+        ({"sources": {"final-wwgan": {"variant": "wwgan-unit-mass", "seed": 7}}}, "seed: 7 is not in `seeds`"),
+        ({"groups": {"ablation": {"sources": ["late"]}}}, "ablation.sources: unknown late"),
+        ({"groups": {"ablation": {"families": {"wgan-gp": [5]}}}}, "wgan-gp on early-wgan-gp is also in sweep"),
+        ({"num_images": 2000}, "num_images must not exceed fixed_fake.pool.num_eval"),
+        ({"shift_images": 300}, "shift_images must not exceed"),
+    ],
+)  # fmt: skip
+def test_a_fixed_fake_setting_the_runs_cannot_serve_is_refused(override, message):
+    with pytest.raises(common.SettingsError, match=re.escape(message)):
+        preset("cpu", fixed_fake=override)
+
+
+def test_fixed_fake_sources_must_be_trained_on_its_dataset():
+    sources = {"early-wgan-gp": {"iteration": 200}, "final-wwgan": {"variant": "wwgan-unit-mass"}}
+    with pytest.raises(common.SettingsError, match="wwgan-unit-mass is not trained on celeba"):
+        preset("cpu", fixed_fake={"dataset": "celeba", "sources": sources})
+    # CelebA's own length (datasets.celeba): snapshots every 200 up to 400
+    with pytest.raises(common.SettingsError, match="no snapshot at 500 .every 200 up to 400."):
+        preset("cpu", fixed_fake={"dataset": "celeba"})
+    celeba = preset(
+        "cpu", fixed_fake={"dataset": "celeba", "sources": {"early-wgan-gp": {"iteration": 200}}}
+    )
+    assert len(common.fixed_fake_shards(celeba)) == 140
+
+
+def test_a_dataset_sets_its_own_length_images_and_variants():
+    cpu = preset("cpu")
+    assert common.dataset_variants(cpu, "celeba") == ["wgan-gp", "wwgan"]
+    assert common.dataset_variants(cpu, "cifar10") == list(cpu["variants"])
+    celeba = common.run_fields(cpu, "fid", "celeba", "wwgan")
+    assert (celeba["iterations"], celeba["snapshot_every"], celeba["max_images"]) == (
+        400,
+        200,
+        8000,
+    )
+    assert (celeba["image_size"], celeba["width"], celeba["holdout"]) == (64, 64, 1000)
+    cifar = common.run_fields(cpu, "fid", "cifar10", "wwgan")
+    assert (cifar["iterations"], cifar["snapshot_every"]) == (
+        1500,
+        500,
+    ) and "max_images" not in cifar
+    # a --config subset of the variants keeps the dataset's that remain
+    subset = preset("cpu", variants=["wgan-gp", "wwgan-unit-mass"], fixed_fake={
+        "sources": {"final-wwgan": {"variant": "wwgan-unit-mass"}}})  # fmt: skip
+    assert common.dataset_variants(subset, "celeba") == ["wgan-gp"]
+    with pytest.raises(common.SettingsError, match="datasets.celeba.variants: none of them"):
+        preset("cpu", variants=["wwgan-unit-mass"])
+    # a source whose run the subset drops is named, with what to do
+    with pytest.raises(common.SettingsError, match="early-wgan-gp.variant: wgan-gp is not trained"):
+        preset("cpu", variants=["wwgan"])
