@@ -30,6 +30,12 @@ import wwgan
 # thread); width 64 0.42 s (BENCHMARKS.md section 6). Between and beyond them the time
 # follows the power law through these two points.
 CPU_SECONDS_PER_ITERATION = {512: 4.7, 64: 0.42}
+# One fixed-fake critic step (scripts/fixed_fake_critics.py: batch 64, 32x32, width 64,
+# one thread; WGAN-GP and the W2 families alike within noise), measured on this 2-core CPU
+# while it was shared: ~0.05 s; scoring a critic on 256 held-out images ~2 s. Other widths
+# follow the training's power law.
+CPU_SECONDS_PER_CRITIC_STEP = 0.05
+CPU_SECONDS_PER_CRITIC_SCORE = 2.0
 # pytorch-fid's Inception on one CPU core, channels-last (BENCHMARKS.md section 6).
 CPU_INCEPTION_IMAGES_PER_SECOND = 5.5
 # benchmarks/bench.py (~0.7 s per width-512 critic step on this CPU) has no measured
@@ -362,11 +368,21 @@ class Plan:
     datasets: set
     weights: bool
     gpu: bool
+    critics: list = dataclasses.field(default_factory=list)  # fixed-fake: (steps, width, lams)
 
 
 def estimate_cpu_seconds(settings: dict, plan: Plan) -> dict:
     """{part: estimated seconds on the CPU the speeds were measured on}."""
-    parts = {"training": 0.0, "FID": 0.0}
+    parts = {"training": 0.0, "FID": 0.0, "fixed-fake critics": 0.0}
+    if plan.critics:
+        ff = settings["fixed_fake"]
+        (w_hi, t_hi), (w_lo, t_lo) = sorted(CPU_SECONDS_PER_ITERATION.items(), reverse=True)
+        exponent = math.log(t_hi / t_lo) / math.log(w_hi / w_lo)
+        size = settings["datasets"][ff["dataset"]]["image_size"]
+        for steps, width, lams in plan.critics:
+            step = CPU_SECONDS_PER_CRITIC_STEP * (width / 64) ** exponent * (size / 32) ** 2
+            step *= ff["batch_size"] / 64
+            parts["fixed-fake critics"] += lams * (steps * step + CPU_SECONDS_PER_CRITIC_SCORE)
     for fields in plan.trainings:
         parts["training"] += fields["iterations"] * cpu_seconds_per_iteration(fields)
     if settings["fid"]:

@@ -216,6 +216,12 @@ def ff_source_path(wildcards):
     return shlex.quote(path)
 
 
+def ff_critic_cost(group, family):
+    """(steps, width, number of critics) of one critic job, for the cost estimate."""
+    spec = FF["groups"][group]
+    return FF["steps"], spec["width"], len(spec["families"][family])
+
+
 def ff_critic_flags(wildcards):
     group = FF["groups"][wildcards.ffgroup]
     flags = [f"--family {wildcards.family}"]
@@ -272,6 +278,7 @@ GPU_RULES = {"train", "fid_stats", "fid_curve", "bench", "fixed_fake_pool", "fix
 def whole_plan():
     """The plan of the whole graph (a dry run: the DAG is not built yet)."""
     runs = [fields for fields in RUN_FIELDS.values() for _ in S["seeds"]]
+    critics = [ff_critic_cost(group, family) for group, _, family, _ in FF_SHARDS]
     return common.Plan(
         trainings=runs,
         curves=runs,
@@ -280,12 +287,14 @@ def whole_plan():
         datasets=set(common.used_datasets(S)),
         weights=S["fid"],
         gpu=True,
+        critics=critics,
     )
 
 
 def plan_of(jobs):
     """The plan of the jobs this run would start (the targets, --until, what is done)."""
     trainings, curves, statistics, datasets, rules = [], [], 0, set(), set()
+    critics = []
     reads = {"probe": CRITIC_DATASET, "neighbours": common.neighbours_dataset(S)}
     if S.get("fixed_fake"):
         reads.update(
@@ -301,9 +310,11 @@ def plan_of(jobs):
         key = tuple(getattr(wildcards, k, None) for k in ("group", "dataset", "variant"))
         if name in ("train", "fid_curve") and key in RUN_FIELDS:
             (trainings if name == "train" else curves).append(RUN_FIELDS[key])
+        if name == "fixed_fake_critic":
+            critics.append(ff_critic_cost(wildcards.ffgroup, wildcards.family))
     return common.Plan(
         trainings, curves, statistics, "bench" in rules, datasets,
-        "fid_weights" in rules, bool(rules & GPU_RULES),
+        "fid_weights" in rules, bool(rules & GPU_RULES), critics,
     )  # fmt: skip
 
 
