@@ -485,6 +485,28 @@ def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
     ):
         for ext in ("png", "pdf"):
             assert (figures / f"{name}.{ext}").stat().st_size > 0, name
+    # the fixed-fake critics (issue 21): a pool from a snapshot, its tables, figure, ablation
+    import numpy as np
+
+    fixed, source = figures / "fixed-fake", "early-wgan-gp"
+    with np.load(tmp_path / "results/smoke/fixed_fake/pools" / f"{source}.npz") as pool:
+        meta = json.loads(str(pool["meta"]))
+        assert pool["fake_train"].shape == (32, 3, 16, 16) and len(pool["fake_eval"]) == 16
+    assert (meta["iteration"], meta["loss"]) == (10, "wgan-gp")  # the snapshot, not the end
+    for ext in ("png", "pdf"):
+        assert (fixed / f"dose-response-{source}.{ext}").stat().st_size > 0
+    dose = json.loads((fixed / f"table-{source}.json").read_text())["dose_response"]
+    assert [(r["setting"], r["lam"], r["lam_eff"]["n"]) for r in dose] == [
+        ("wgan-gp", 1.0, 2), ("wgan-gp", 10.0, 2), ("wwgan-intensity", 0.1, 2)]  # fmt: skip
+    assert dose[1]["lam_eff"]["mean"] == pytest.approx(10.0)  # WGAN-GP: s = 1
+    assert dose[2]["lam_eff"]["mean"] > 0.1  # WWGAN's measured s > 1 at intensity scale
+    shard = tmp_path / "results/smoke/fixed_fake/sweep" / source / "wgan-gp-seed1.json"
+    critics = json.loads(shard.read_text())["critics"]
+    assert [(c["family"], c["lam"], c["seed"], c["steps"]) for c in critics] == [
+        ("wgan-gp", 1.0, 1, 3), ("wgan-gp", 10.0, 1, 3)]  # fmt: skip
+    separation = (fixed / f"separation-{source}.md").read_text()
+    assert "| wwgan-intensity | wgan-gp | 0.1 | separation |" in separation
+    assert "| sobolev | wwgan-intensity |" in (fixed / f"ablation-{source}.md").read_text()
     table = (tmp_path / "results" / "smoke" / "table.md").read_text()
     for metric in ("sliced Wasserstein distance", "scale s at the start", "shift: oscillation",
                    "noise: |Cohen's d|", "critic: snapshot SWD", "L2, the same histograms"):  # fmt: skip
@@ -514,6 +536,8 @@ def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
     )
     counts = job_counts(changed.stdout)
     assert counts["train"] == 4 and counts["fid_curve"] == 4 and counts["samples"] == 1
+    # the fixed-fake critics train against WGAN-GP's pool: nothing of them reruns
+    assert not [rule for rule in counts if rule.startswith("fixed_fake")]
     assert "neighbours" not in counts and "motivating_example" not in counts
     assert not re.search(r"output: \S+/wgan-gp/", changed.stdout)
 
@@ -559,7 +583,7 @@ def test_paper_preset_without_cuda_stops_at_once_with_one_screen(tmp_path):
         line for line in dry.stderr.splitlines() if line.startswith("wwgan preflight: warning:")
     ]
     assert len(warnings) == 3 and "allow_cpu=true" in dry.stderr
-    assert job_counts(dry.stdout)["train"] == 36
+    assert job_counts(dry.stdout)["train"] == 45
 
 
 @needs_no_cuda
@@ -598,7 +622,7 @@ def test_per_dataset_roots_plan_the_paper_preset_on_the_shared_layout(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     counts = job_counts(proc.stdout)
-    assert counts["train"] == 36 and "download" not in counts
+    assert counts["train"] == 45 and "download" not in counts
     assert "CIFAR-10 not found" not in proc.stderr and "CelebA not found" not in proc.stderr
     assert "--dataset celeba --image-size 64" in proc.stdout
     assert f"--data-root {celeba} " in proc.stdout and f"--data-root {cifar10} " in proc.stdout
@@ -611,9 +635,7 @@ def test_per_dataset_roots_plan_the_paper_preset_on_the_shared_layout(tmp_path):
         ("variants={wwgan: {lam: ten}}", "variants.wwgan.lam: 'ten' is not of type 'number'"),
         ("train={widht: 8}", "train: Additional properties are not allowed ('widht' was unexpected)"),
         ("fid_ttur_samples=-1", "fid_ttur_samples: -1 is less than the minimum of 0"),
-        ("fixed_fake={steps: 0}", "fixed_fake.steps: 0 is less than the minimum of 1"),
         ("fixed_fake={groups: {sweep: {families: {wgan-gp: [-1]}}}}", "fixed_fake.groups.sweep.families.wgan-gp.0: -1 is less than the minimum of 0"),
-        ("fixed_fake={seeds: 10}", "fixed_fake: Additional properties are not allowed ('seeds' was unexpected)"),
     ],
 )  # fmt: skip
 def test_a_misspelled_or_mistyped_setting_fails_at_parse_time_in_one_line(
@@ -737,7 +759,7 @@ def test_the_fid_rules_take_the_declared_weights_and_the_ttur_sample_count(tmp_p
         stats = [line for line in commands if 'fid.py" stats' in line]
         assert all(("--no-ttur" in line) == (ttur == 0) for line in stats)
     paper = snakemake(tmp_path, "-n", "-p")
-    assert paper.stdout.count("--ttur-samples 5000") == 36
+    assert paper.stdout.count("--ttur-samples 5000") == 45  # 5 variants x 3 seeds x 3 groups
 
 
 @pytest.mark.slow

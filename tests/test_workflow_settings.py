@@ -182,8 +182,8 @@ def test_the_cpu_presets_fixed_fake_shards_pair_every_family_by_seed():
     for key in {(g, s, f) for g, s, f, _ in shards}:
         assert sorted(k for *rest, k in shards if tuple(rest) == key) == list(range(10))
     assert {s for g, s, _, _ in shards if g == "ablation"} == {"early-wgan-gp"}
-    # the smoke preset's tiny design: 2 pools x 2 families x 2 seeds + sobolev x 2 seeds
-    assert len(common.fixed_fake_shards(preset("smoke"))) == 10
+    # the smoke preset's tiny design: 1 pool x (2 families + sobolev) x 2 seeds
+    assert len(common.fixed_fake_shards(preset("smoke"))) == 6
 
 
 def test_the_ablation_pairs_each_part_with_strength_and_with_its_full_penalty():
@@ -282,3 +282,22 @@ def test_the_cost_estimate_counts_the_fixed_fake_critics():
     wide = common.Plan([], [], 0, False, set(), False, True, [(1, 512, 1)])
     step = common.estimate_cpu_seconds(settings, wide)["fixed-fake critics"] - 2.0
     assert 0.35 < step < 1.4, step
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ({"steps": 0}, "fixed_fake.steps: 0 is less than the minimum of 1"),
+        ({"seeds": 10}, "fixed_fake: Additional properties are not allowed ('seeds' was unexpected)"),
+        ({"groups": {"sweep": {"width": 9000}}}, "fixed_fake.groups.sweep.width: 9000 is greater than the maximum of 8192"),
+        ({"groups": {"sweep": {"families": {"wgan-gpp": [1]}}}}, "fixed_fake.groups.sweep.families: 'wgan-gpp' is not one of"),
+        ({"groups": {"late": {"width": 64}}}, "fixed_fake.groups: 'late' is not one of ['sweep', 'ablation', 'wide']"),
+        ({"pool": {"num_train": "many"}}, "fixed_fake.pool.num_train: 'many' is not of type 'integer'"),
+    ],
+)  # fmt: skip
+def test_the_schema_refuses_a_bad_fixed_fake_value(override, named):
+    """Each bound is the one `fixed_fake_critics.py`'s click options accept; the one-line
+    message names the key (the Snakefile prints it at parse time: tests/test_workflow.py)."""
+    with pytest.raises(common.SettingsError) as caught:
+        preset("smoke", fixed_fake=override)
+    assert str(caught.value).startswith(f"invalid preset 'smoke' with --config overrides: {named}")
