@@ -7,7 +7,9 @@
 
 data -> Inception weights and reference FID statistics -> training (FID runs: every
 dataset x variant x seed; critic runs for Sec. 4.1-4.2) -> FID/SWD curves -> shift, noise,
-neighbours and the motivating example -> every figure -> results table. Rules live in
+neighbours and the motivating example -> every figure -> results table; and fake pools
+from the FID runs' generators -> critics trained against them (issue 21) -> their tables
+and dose-response figure. Rules live in
 rules/*.smk, helpers in rules/common.py; settings in config/presets/<preset>.yaml, chosen
 by config/config.yaml's `preset`. A preflight (device, data, weights) runs before any job.
 """
@@ -40,6 +42,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/experiments.smk"
+include: "rules/fixed_fake.smk"
 include: "rules/report.smk"
 
 
@@ -57,3 +60,4 @@ rule all:
         [f"{FIGURES}/{name}.{ext}" for name in FIGURE_SPECS for ext in ("png", "pdf")],
         f"{RESULTS}/table.md",
         [f"{RESULTS}/bench.json"] if S["bench"] else [],
+        FF_TARGETS,

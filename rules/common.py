@@ -30,6 +30,12 @@ import wwgan
 # thread); width 64 0.42 s (BENCHMARKS.md section 6). Between and beyond them the time
 # follows the power law through these two points.
 CPU_SECONDS_PER_ITERATION = {512: 4.7, 64: 0.42}
+# One fixed-fake critic step (scripts/fixed_fake_critics.py: batch 64, 32x32, width 64,
+# one thread; WGAN-GP and the W2 families alike within noise), measured on this 2-core CPU
+# while it was shared: ~0.05 s; scoring a critic on 256 held-out images ~2 s. Other widths
+# follow the training's power law.
+CPU_SECONDS_PER_CRITIC_STEP = 0.05
+CPU_SECONDS_PER_CRITIC_SCORE = 2.0
 # pytorch-fid's Inception on one CPU core, channels-last (BENCHMARKS.md section 6).
 CPU_INCEPTION_IMAGES_PER_SECOND = 5.5
 # benchmarks/bench.py (~0.7 s per width-512 critic step on this CPU) has no measured
@@ -114,9 +120,16 @@ def load_settings(basedir: str | Path, config: dict) -> tuple[str, dict]:
     for group in ("train", "critic_runs"):
         if settings[group]["snapshot_every"] > settings[group]["iterations"]:
             raise SettingsError(f"{group}.snapshot_every must not exceed {group}.iterations")
-    for dataset in {*settings["datasets"], critic_dataset(settings), neighbours_dataset(settings)}:
+    for dataset in settings["datasets"]:
+        length = dataset_length(settings, dataset)
+        if length["snapshot_every"] > length["iterations"]:
+            raise SettingsError(f"datasets.{dataset}: snapshot_every must not exceed iterations")
+        if not dataset_variants(settings, dataset):
+            raise SettingsError(f"datasets.{dataset}.variants: none of them is in `variants`")
+    for dataset in used_datasets(settings):
         if dataset != "shapes" and dataset not in settings["data"]:
             raise SettingsError(f"data.{dataset}: no data root given for dataset {dataset}")
+    check_fixed_fake(settings)
     return preset, settings
 
 
@@ -131,7 +144,27 @@ def neighbours_dataset(settings: dict) -> str:
 def used_datasets(settings: dict) -> list[str]:
     """Every dataset some rule reads, in a stable order."""
     found = [*settings["datasets"], critic_dataset(settings), neighbours_dataset(settings)]
+    if settings.get("fixed_fake"):
+        found.append(settings["fixed_fake"]["dataset"])
     return list(dict.fromkeys(found))
+
+
+# Settings of `train` a dataset may change for its own FID runs (`datasets.<name>`).
+DATASET_RUN_KEYS = ("iterations", "snapshot_every", "max_images")
+
+
+def dataset_length(settings: dict, dataset: str) -> dict:
+    """The FID runs' iterations and snapshot_every on `dataset`: `train`'s, or the
+    dataset's own (`datasets.<name>`)."""
+    own = settings["datasets"].get(dataset, {})
+    return {k: own.get(k, settings["train"][k]) for k in ("iterations", "snapshot_every")}
+
+
+def dataset_variants(settings: dict, dataset: str) -> list[str]:
+    """The variants trained on `dataset`: `datasets.<name>.variants` (those of them still
+    in `variants`, so that a --config subset of the variants keeps working), or all."""
+    chosen = settings["datasets"].get(dataset, {}).get("variants")
+    return [v for v in settings["variants"] if chosen is None or v in chosen]
 
 
 def data_root(settings: dict, dataset: str) -> str:
@@ -161,11 +194,13 @@ def run_fields(settings: dict, group: str, dataset: str, variant: str) -> dict:
     the group's settings (`train`, with `critic_runs`' length and optimizer for the critic
     group), `holdout`, then the variant's own settings."""
     runs = settings["train"]
+    own = settings["datasets"].get(dataset, {})
     fields = {
         "dataset": dataset,
-        "image_size": settings["datasets"].get(dataset, {}).get("image_size"),
+        "image_size": own.get("image_size"),
         "holdout": settings["holdout"],
         **{k: v for k, v in runs.items() if k not in WORKFLOW_KEYS},
+        **{k: own[k] for k in DATASET_RUN_KEYS if k in own},
     }
     if group == "critic":
         critic = settings["critic_runs"]
@@ -212,6 +247,105 @@ def train_flags(fields: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# fixed-fake critics (issue 21): pools, shards of critics, the ablation's pairs
+# ---------------------------------------------------------------------------------------
+
+# The penalty families of scripts/fixed_fake_critics.py (its FAMILIES; config/schema.yaml
+# lists the same names, tests/test_workflow_settings.py checks the three agree).
+FIXED_FAKE_REFERENCE = "wgan-gp"
+FIXED_FAKE_BASES = {"wwgan-intensity-": "wwgan-intensity", "wwgan-unit-mass-": "wwgan-unit-mass"}
+# Controls drawn in the dose-response figure beside the sweep's families.
+FIXED_FAKE_CONTROLS = ("sobolev", "wgan-gp-low-target")
+
+
+def fixed_fake_sources(settings: dict, group: str) -> list[str]:
+    """The fake pools a group's critics train against: its `sources`, or every source."""
+    ff = settings["fixed_fake"]
+    return list(ff["groups"][group].get("sources") or ff["sources"])
+
+
+def fixed_fake_shards(settings: dict) -> list[tuple[str, str, str, int]]:
+    """Every (group, source, family, seed) of the fixed-fake critics: one job each, all
+    of the family's lams at that seed (seeds 0..n-1: the same initialisation and batches
+    in every family at a seed, common random numbers)."""
+    ff = settings.get("fixed_fake")
+    if not ff:
+        return []
+    return [
+        (group, source, family, seed)
+        for group, spec in ff["groups"].items()
+        for source in fixed_fake_sources(settings, group)
+        for family in spec["families"]
+        for seed in range(spec["seeds"])
+    ]
+
+
+def fixed_fake_ablation_pairs(families) -> list[str]:
+    """`table --pair` arguments of the ablation table: every family against WGAN-GP at
+    matched lam_eff (strength alone), each ablated WWGAN against its full penalty (what the
+    part does), and the Sobolev control against intensity WWGAN (whether the image's
+    weighting matters); only pairs whose two families were trained."""
+    families = list(dict.fromkeys(families))
+    pairs = []
+    for family in families:
+        references = [] if family == FIXED_FAKE_REFERENCE else [FIXED_FAKE_REFERENCE]
+        references += [base for prefix, base in FIXED_FAKE_BASES.items()
+                       if family.startswith(prefix)]  # fmt: skip
+        if family == "sobolev":
+            references.append("wwgan-intensity")
+        pairs += [f"{family}:{ref}" for ref in references if ref in families]
+    return pairs
+
+
+def check_fixed_fake(settings: dict) -> None:
+    """What the schema cannot say: sources name trained FID runs and snapshots that exist,
+    groups name known sources, and no family is in two width-equal groups of a source
+    (the tables pool a source's groups)."""
+    ff = settings.get("fixed_fake")
+    if not ff:
+        return
+    if ff["shift_images"] > ff["num_images"]:
+        raise SettingsError("fixed_fake.shift_images must not exceed fixed_fake.num_images")
+    if ff["num_images"] > ff["pool"]["num_eval"]:
+        raise SettingsError("fixed_fake.num_images must not exceed fixed_fake.pool.num_eval")
+    dataset = ff["dataset"]
+    if dataset not in settings["datasets"]:
+        raise SettingsError(f"fixed_fake.dataset: {dataset} has no FID runs (`datasets`)")
+    length = dataset_length(settings, dataset)
+    for name, source in ff["sources"].items():
+        where = f"fixed_fake.sources.{name}"
+        hint = "; point the pool at a run this preset trains (--config 'fixed_fake={sources: ...}')"
+        if source["variant"] not in dataset_variants(settings, dataset):
+            raise SettingsError(
+                f"{where}.variant: {source['variant']} is not trained on {dataset}{hint}"
+            )
+        if source["seed"] not in settings["seeds"]:
+            raise SettingsError(f"{where}.seed: {source['seed']} is not in `seeds`{hint}")
+        iteration = source.get("iteration")
+        if iteration is not None and (
+            iteration % length["snapshot_every"] or iteration > length["iterations"]
+        ):
+            raise SettingsError(
+                f"{where}.iteration: no snapshot at {iteration} (every "
+                f"{length['snapshot_every']} up to {length['iterations']})"
+            )
+    seen = {}
+    for group, spec in ff["groups"].items():
+        for source in spec.get("sources") or []:
+            if source not in ff["sources"]:
+                raise SettingsError(f"fixed_fake.groups.{group}.sources: unknown {source}")
+        for source in fixed_fake_sources(settings, group):
+            for family in spec["families"]:
+                key = (source, spec["width"], family)
+                if key in seen:
+                    raise SettingsError(
+                        f"fixed_fake.groups.{group}: {family} on {source} is also in "
+                        f"{seen[key]} at width {spec['width']}"
+                    )
+                seen[key] = group
+
+
+# ---------------------------------------------------------------------------------------
 # cost estimate
 # ---------------------------------------------------------------------------------------
 
@@ -241,11 +375,21 @@ class Plan:
     datasets: set
     weights: bool
     gpu: bool
+    critics: list = dataclasses.field(default_factory=list)  # fixed-fake: (steps, width, lams)
 
 
 def estimate_cpu_seconds(settings: dict, plan: Plan) -> dict:
     """{part: estimated seconds on the CPU the speeds were measured on}."""
-    parts = {"training": 0.0, "FID": 0.0}
+    parts = {"training": 0.0, "FID": 0.0, "fixed-fake critics": 0.0}
+    if plan.critics:
+        ff = settings["fixed_fake"]
+        (w_hi, t_hi), (w_lo, t_lo) = sorted(CPU_SECONDS_PER_ITERATION.items(), reverse=True)
+        exponent = math.log(t_hi / t_lo) / math.log(w_hi / w_lo)
+        size = settings["datasets"][ff["dataset"]]["image_size"]
+        for steps, width, lams in plan.critics:
+            step = CPU_SECONDS_PER_CRITIC_STEP * (width / 64) ** exponent * (size / 32) ** 2
+            step *= ff["batch_size"] / 64
+            parts["fixed-fake critics"] += lams * (steps * step + CPU_SECONDS_PER_CRITIC_SCORE)
     for fields in plan.trainings:
         parts["training"] += fields["iterations"] * cpu_seconds_per_iteration(fields)
     if settings["fid"]:
@@ -401,8 +545,8 @@ def check_device(
         f"{detail}; speeds {COST_BASIS}). On one H200 its training takes about "
         f"{human_duration(gpu)} one job at a time, about {human_duration(gpu / speedup)} "
         f"with --resources gpu={jobs} (measured rates; FID curves not included).\n"
-        "  Instead:  snakemake --cores all --config preset=cpu     (real CIFAR-10, reduced "
-        "scale, ~1.5 h on 2 cores)\n"
+        "  Instead:  snakemake --cores all --config preset=cpu     (real CIFAR-10 and CelebA, "
+        "reduced scale, ~4.5 h on 2 cores, in parts that resume)\n"
         "            snakemake --cores all --config preset=smoke   (the same graph, tiny, "
         "minutes)\n"
         f"  To run {preset!r} on this CPU anyway:  --config allow_cpu=true"

@@ -58,7 +58,7 @@ try:
         (group, dataset, variant): common.run_fields(S, group, dataset, variant)
         for group, datasets in (("fid", S["datasets"]), (CRITIC_GROUP, [CRITIC_DATASET]))
         for dataset in datasets
-        for variant in VARIANTS
+        for variant in common.dataset_variants(S, dataset)
     }
     RUN_TAGS = {key: common.run_tag(fields) for key, fields in RUN_FIELDS.items()}
 except common.SettingsError as exc:
@@ -71,7 +71,8 @@ def run_dir(group, dataset, variant, seed):
 
 
 def run_dirs(group, dataset):
-    return [run_dir(group, dataset, v, seed) for v in VARIANTS for seed in S["seeds"]]
+    variants = common.dataset_variants(S, dataset)
+    return [run_dir(group, dataset, v, seed) for v in variants for seed in S["seeds"]]
 
 
 FID_RUNS = [run for dataset in S["datasets"] for run in run_dirs("fid", dataset)]
@@ -151,7 +152,10 @@ def figure_specs():
         )
         specs[f"samples-{dataset}"] = (  # Supp. Figs. 1-2
             "samples",
-            [f"{run_dir('fid', dataset, v, S['seeds'][0])}/samples.png" for v in VARIANTS],
+            [
+                f"{run_dir('fid', dataset, v, S['seeds'][0])}/samples.png"
+                for v in common.dataset_variants(S, dataset)
+            ],
         )
     specs["shift"] = ("shift", [f"{RESULTS}/shift.json"])  # Fig. 4
     specs["noise"] = ("noise", [f"{RESULTS}/noise.json"])  # Fig. 5
@@ -171,17 +175,110 @@ def inputs_flags(files):
 
 
 # ---------------------------------------------------------------------------------------
+# fixed-fake critics (rules/fixed_fake.smk): results/<preset>/fixed_fake/<group>/<pool>/
+# <family>-seed<k>.json, tables and figures in <figures_dir>/fixed-fake/
+# ---------------------------------------------------------------------------------------
+FF = S.get("fixed_fake") or {}
+FF_RESULTS = f"{RESULTS}/fixed_fake"
+FF_FIGURES = f"{FIGURES}/fixed-fake"
+FF_SHARDS = common.fixed_fake_shards(S)
+FF_DATASET = FF.get("dataset", "")
+FF_MAIN = ("sweep", "ablation")  # the width of the dose-response; `wide` is tabled alone
+
+
+def ff_result(group, source, family, seed):
+    return f"{FF_RESULTS}/{group}/{source}/{family}-seed{seed}.json"
+
+
+def ff_results(source, groups, families=None):
+    return [
+        ff_result(*shard)
+        for shard in FF_SHARDS
+        if shard[1] == source and shard[0] in groups and (families is None or shard[2] in families)
+    ]
+
+
+def ff_families(source, groups):
+    return list(dict.fromkeys(s[2] for s in FF_SHARDS if s[1] == source and s[0] in groups))
+
+
+def ff_source_run(source):
+    spec = FF["sources"][source]
+    return run_dir("fid", FF_DATASET, spec["variant"], spec["seed"])
+
+
+def ff_source_path(wildcards):
+    """The generator the pool is drawn from: a snapshot of the run, or its final model."""
+    run, iteration = ff_source_run(wildcards.source), FF["sources"][wildcards.source].get(
+        "iteration"
+    )
+    path = f"{run}/snapshots/snapshot_{iteration:07d}.pt" if iteration else run
+    return shlex.quote(path)
+
+
+def ff_critic_cost(group, family):
+    """(steps, width, number of critics) of one critic job, for the cost estimate."""
+    spec = FF["groups"][group]
+    return FF["steps"], spec["width"], len(spec["families"][family])
+
+
+def ff_critic_flags(wildcards):
+    group = FF["groups"][wildcards.ffgroup]
+    flags = [f"--family {wildcards.family}"]
+    flags += [f"--lam {lam:g}" for lam in group["families"][wildcards.family]]
+    flags += [
+        f"--steps {FF['steps']} --width {group['width']} --batch-size {FF['batch_size']}",
+        f"--real-images {FF['real_images']} --num-images {FF['num_images']}",
+        f"--shift-images {FF['shift_images']} --device {S['device']}",
+    ]
+    if FF_DATASET != "shapes":
+        flags.append(f"--data-root {shlex.quote(data_root(FF_DATASET))}")
+    return " ".join(flags)
+
+
+# The tables pair against WGAN-GP: a pool whose critics include it.
+FF_TABLE_SOURCES = [
+    s for s in (FF.get("sources") or {}) if common.FIXED_FAKE_REFERENCE in ff_families(s, FF_MAIN)
+]
+
+
+def ff_ablation_pairs(source):
+    """Pairs of the ablation table whose first member is an ablation-group family."""
+    ablated = set(ff_families(source, ("ablation",)))
+    pairs = common.fixed_fake_ablation_pairs(ff_families(source, FF_MAIN))
+    return [p for p in pairs if p.split(":")[0] in ablated]
+
+
+def ff_pair_flags(wildcards):
+    return " ".join(f"--pair {p}" for p in ff_ablation_pairs(wildcards.source))
+
+
+FF_TARGETS = [
+    *[f"{FF_FIGURES}/{kind}-{s}.md" for s in FF_TABLE_SOURCES for kind in ("table", "separation")],
+    *[f"{FF_FIGURES}/dose-response-{s}.{ext}" for s in FF_TABLE_SOURCES for ext in ("png", "pdf")],
+    *[f"{FF_FIGURES}/ablation-{s}.md" for s in FF_TABLE_SOURCES if ff_ablation_pairs(s)],
+    *[
+        f"{FF_FIGURES}/wide-{s}.md"
+        for s in (FF.get("sources") or {})
+        if common.FIXED_FAKE_REFERENCE in ff_families(s, ("wide",))
+        and len(ff_families(s, ("wide",))) > 1
+    ],
+]
+
+
+# ---------------------------------------------------------------------------------------
 # preflight (before any job) and the failed-job screen
 # ---------------------------------------------------------------------------------------
 
 
 # Rules whose jobs the presets mean for a GPU (they declare the `gpu` resource).
-GPU_RULES = {"train", "fid_stats", "fid_curve", "bench"}
+GPU_RULES = {"train", "fid_stats", "fid_curve", "bench", "fixed_fake_pool", "fixed_fake_critic"}
 
 
 def whole_plan():
     """The plan of the whole graph (a dry run: the DAG is not built yet)."""
     runs = [fields for fields in RUN_FIELDS.values() for _ in S["seeds"]]
+    critics = [ff_critic_cost(group, family) for group, _, family, _ in FF_SHARDS]
     return common.Plan(
         trainings=runs,
         curves=runs,
@@ -190,13 +287,19 @@ def whole_plan():
         datasets=set(common.used_datasets(S)),
         weights=S["fid"],
         gpu=True,
+        critics=critics,
     )
 
 
 def plan_of(jobs):
     """The plan of the jobs this run would start (the targets, --until, what is done)."""
     trainings, curves, statistics, datasets, rules = [], [], 0, set(), set()
+    critics = []
     reads = {"probe": CRITIC_DATASET, "neighbours": common.neighbours_dataset(S)}
+    if S.get("fixed_fake"):
+        reads.update(
+            dict.fromkeys(("fixed_fake_pool", "fixed_fake_critic"), S["fixed_fake"]["dataset"])
+        )
     for job in jobs:
         name, wildcards = job.rule.name, job.wildcards
         rules.add(name)
@@ -207,9 +310,11 @@ def plan_of(jobs):
         key = tuple(getattr(wildcards, k, None) for k in ("group", "dataset", "variant"))
         if name in ("train", "fid_curve") and key in RUN_FIELDS:
             (trainings if name == "train" else curves).append(RUN_FIELDS[key])
+        if name == "fixed_fake_critic":
+            critics.append(ff_critic_cost(wildcards.ffgroup, wildcards.family))
     return common.Plan(
         trainings, curves, statistics, "bench" in rules, datasets,
-        "fid_weights" in rules, bool(rules & GPU_RULES),
+        "fid_weights" in rules, bool(rules & GPU_RULES), critics,
     )  # fmt: skip
 
 
@@ -273,6 +378,9 @@ wildcard_constraints:
     seed=r"\d+",
     name="|".join(FIGURE_SPECS),
     probe="shift|noise",
+    source="|".join(map(re.escape, FF.get("sources") or {})) or "no-source",
+    ffgroup="sweep|ablation|wide",
+    family="[a-z0-9-]+",
     dataroot="|".join(re.escape(data_root(d)) for d in DOWNLOADS) or "no-download",
 
 
@@ -283,3 +391,7 @@ localrules:
     samples,
     figure,
     table,
+    fixed_fake_table,
+    fixed_fake_ablation,
+    fixed_fake_wide,
+    fixed_fake_figure,

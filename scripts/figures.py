@@ -322,6 +322,14 @@ def render_noise(inputs, out):
     return save_figure(fig, out)
 
 
+def _mean_ci(values) -> str:
+    """'mean ± 95% t half-width' over the values (a query each), or the mean alone."""
+    from table import mean_ci95
+
+    mean, half = mean_ci95(values)
+    return f"{mean:.2f}" if half is None else f"{mean:.2f} ± {half:.2f}"
+
+
 @register_figure("neighbours")
 def render_neighbours(inputs, out):
     """Fig. 1: each shown query (left column of each block) and its 9 nearest candidates
@@ -357,9 +365,10 @@ def render_neighbours(inputs, out):
         ax.imshow(block(name), cmap="gray", interpolation="nearest")
         shares = payload[name].get("class_share_per_query")
         brightness = payload[name].get("brightness_per_query")
-        detail = [f"same class {np.mean(shares):.2f}" if shares else "",
-                  f"mean intensity {np.mean(brightness):.2f}" if brightness else ""]  # fmt: skip
-        ax.set_title(f"{label}: query, then its 9 nearest ({', '.join(d for d in detail if d)})",
+        detail = [f"same class {_mean_ci(shares)}" if shares else "",
+                  f"mean intensity {_mean_ci(brightness)}" if brightness else ""]  # fmt: skip
+        ax.set_title(f"{label}: query, then its 9 nearest\n({', '.join(d for d in detail if d)}; "
+                     f"mean ± 95% CI over {payload.get('num_queries', '?')} queries)",
                      fontsize=9)  # fmt: skip
         ax.axis("off")
     fig.tight_layout()

@@ -46,6 +46,9 @@ PAPER = {
     "epoch time / WGAN-GP": "",
     "scale s at the start": "not reported (Def. 10's 1/d_i on intensities: ~45, ours)",
     "scale s at the end": "",
+    # lam * s * t as each run logs it: WWGAN's strength, and the two WGAN-GP controls'
+    # (matched at the start: lam constant, s = 1; tracking: lam * s on its own gradient)
+    "lambda_eff at the start": "not reported (~450 at Def. 10's scale, ours)",
     "lambda_eff at the end": "",
     "critic: snapshot iteration": "trained 'until FID about 40' (Sec. 4.1-4.2)",
     "critic: snapshot FID": "≈ 40 for both",
@@ -56,8 +59,8 @@ PAPER = {
     "noise: |Cohen's d| clean vs noisy": "WGAN-GP separates clean/noisy, WWGAN less (Fig. 5)",
     "noise: gap / real-fake gap": "",
 }
-GENERATOR_METRICS = list(PAPER)[:8]
-CRITIC_METRICS = list(PAPER)[8:]
+GENERATOR_METRICS = list(PAPER)[:9]
+CRITIC_METRICS = list(PAPER)[9:]
 SHIFT_FIELDS = {
     "shift: oscillation": "oscillation",
     "shift: sign changes": "sign_changes",
@@ -183,6 +186,7 @@ def _fid_curve_records(path: Path) -> list[dict]:
     scales = _scales(path.parent / "metrics.jsonl")
     if scales:
         values.update({"scale s at the start": scales[0][0], "scale s at the end": scales[-1][0],
+                       "lambda_eff at the start": scales[0][1],
                        "lambda_eff at the end": scales[-1][1]})  # fmt: skip
     return [dict(base, metric=m, value=v) for m, v in values.items() if v is not None]
 
@@ -399,7 +403,8 @@ def cli(inputs, out, command):
       RUN/fid_curve.csv  last row's fid, swd, train_seconds, iteration, and the FID labels
                          fid_samples, fid_ttur, ttur_samples, reference; label, loss, seed,
                          dataset, batch_size, n_critic, holdout, lr/betas from
-                         RUN/config.json; norm_scale, lam_effective from RUN/metrics.jsonl
+                         RUN/config.json; norm_scale, lam_effective (the first and
+                         the last logged row) from RUN/metrics.jsonl
       shift.json         runs[*].{label, seed, oscillation, sign_changes, early_jump,
                          snapshot_iteration, snapshot_fid, snapshot_swd}, protocol, images
       noise.json         runs[*].{label, seed, abs_cohens_d, relative_gap, snapshot_*}

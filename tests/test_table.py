@@ -143,3 +143,52 @@ def test_table_aggregates_seeds_and_shows_the_paper_claims(tmp_path):
     assert markdown.index(f"| {authors} |") < markdown.index("| sliced Wasserstein")
     assert "matched on fid at 101" in markdown and "no snapshot of every run" in markdown
     assert "218.1" not in markdown  # the paper's epoch times are CelebA's: not beside CIFAR-10
+
+
+def test_both_strength_controls_show_their_lam_eff_at_the_start_and_the_end(tmp_path):
+    """The start-matched control (lam 420, s = 1: lam_eff 420 throughout) and the tracking
+    control (lam 10 * s on its own gradient: 10 * 42 = 420 at the start, 10 * 24 = 240 at
+    the end, as WWGAN's falls) from metrics.jsonl files with a known answer: the first
+    and the last logged rows, per seed, mean over seeds."""
+    logged = {  # label -> per seed, the logged (norm_scale, lam_effective) rows
+        "WGAN-GP, lam 420 (matched)": [[(1.0, 420.0), (1.0, 420.0), (1.0, 420.0)]] * 2,
+        "WGAN-GP, lam 10 s (tracking)": [
+            [(42.0, 420.0), (30.0, 300.0), (24.0, 240.0)],
+            [(44.0, 440.0), (35.0, 350.0), (26.0, 260.0)],
+        ],
+    }
+    inputs = []
+    for label, seeds in logged.items():
+        for seed, rows in enumerate(seeds):
+            curve = _write_run(tmp_path, label, "wgan-gp", seed, "robustness", 200.0, 1.0, 9.0)
+            lines = [json.dumps(dict(iteration=it, norm_scale=s, lam_effective=lam_eff))
+                     for it, (s, lam_eff) in zip((1, 750, 1500), rows)]  # fmt: skip
+            lines.insert(1, json.dumps(dict(iteration=5, generator_loss=0.1)))  # no scale: skipped
+            (curve.parent / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+            inputs.append(curve)
+    out = tmp_path / "table.md"
+    result = CliRunner().invoke(table.cli, [*(f"--input={p}" for p in inputs), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out.with_suffix(".csv")) as f:
+        rows = {(r["metric"], r["variant"]): r for r in csv.DictReader(f)}
+    expected = {
+        ("lambda_eff at the start", "WGAN-GP, lam 420 (matched)"): 420.0,
+        ("lambda_eff at the end", "WGAN-GP, lam 420 (matched)"): 420.0,
+        ("lambda_eff at the start", "WGAN-GP, lam 10 s (tracking)"): 430.0,
+        ("lambda_eff at the end", "WGAN-GP, lam 10 s (tracking)"): 250.0,
+        ("scale s at the end", "WGAN-GP, lam 10 s (tracking)"): 25.0,
+    }
+    for key, value in expected.items():
+        assert float(rows[key]["mean"]) == pytest.approx(value), key
+        assert rows[key]["n"] == "2"
+    tracking = rows[("lambda_eff at the end", "WGAN-GP, lam 10 s (tracking)")]
+    assert sorted(map(float, tracking["values"].split(";"))) == [240.0, 260.0]
+    markdown = out.read_text()
+    # start above end, both controls in one row each
+    assert markdown.index("| lambda_eff at the start |") < markdown.index(
+        "| lambda_eff at the end |"
+    )
+    assert (
+        "| lambda_eff at the start | cifar10, robustness Adam preset | 420 ± 0 (n=2) | 430 ±"
+        in markdown
+    )

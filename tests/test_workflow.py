@@ -99,8 +99,8 @@ def test_dry_run_of_both_presets_builds_the_whole_graph_offline(tmp_path):
     paper = snakemake(tmp_path, "-n", "-p", "--cores", "all")
     assert paper.returncode == 0, paper.stdout + paper.stderr
     counts = job_counts(paper.stdout)
-    # 2 datasets x 4 variants x 3 seeds FID runs + 4 variants x 3 seeds critic runs (CIFAR-10)
-    assert counts["train"] == 36 and counts["fid_curve"] == 36
+    # 2 datasets x 5 variants x 3 seeds FID runs + 5 variants x 3 seeds critic runs (CIFAR-10)
+    assert counts["train"] == 45 and counts["fid_curve"] == 45
     assert counts["download"] == 2 and counts["fid_stats"] == 2 and counts["fid_weights"] == 1
     # fid-curves and samples for each dataset, shift, noise, neighbours, motivating example
     assert counts["figure"] == 8 and counts["table"] == 1 and counts["bench"] == 1
@@ -116,13 +116,23 @@ def test_dry_run_of_both_presets_builds_the_whole_graph_offline(tmp_path):
         assert f"figures/{figure}.pdf" in paper.stdout
     assert "--optimizer robustness" in paper.stdout and "--iterations 100000" in paper.stdout
     assert "--lam 450" in paper.stdout and "--density-scale unit-mass" in paper.stdout
+    assert "--lam-follows intensity" in paper.stdout  # the strength-tracking control
+    # fixed-fake critics, scaled: 2 pools x (3 + 8 families) x 10 seeds + the width-512
+    # pair (2 families x 3 seeds on the final WWGAN pool)
+    assert counts["fixed_fake_critic"] == 2 * 11 * 10 + 2 * 3 and counts["fixed_fake_wide"] == 1
+    wide = re.findall(
+        r"train --pool \S+/final-wwgan\.npz --family (\S+) .*--width 512 ", paper.stdout
+    )
+    assert sorted(set(wide)) == ["wgan-gp", "wwgan-intensity"] and len(wide) == 6
 
     cpu = snakemake(tmp_path, "-n", "-p", "--cores", "all", "--config", "preset=cpu")
     assert cpu.returncode == 0, cpu.stdout + cpu.stderr
     counts = job_counts(cpu.stdout)
-    # the CPU preset: 4 variants x 3 seeds on CIFAR-10, whose critics are probed too
-    assert counts["train"] == 12 and counts["fid_curve"] == 12 and counts["probe"] == 2
+    # the CPU preset: 5 variants x 3 seeds on CIFAR-10, whose critics are probed too, and
+    # WGAN-GP and WWGAN x 3 seeds on CelebA
+    assert counts["train"] == 21 and counts["fid_curve"] == 21 and counts["probe"] == 2
     assert "--holdout 1000" in cpu.stdout and "--match fid --target 40" in cpu.stdout
+    assert_cpu_plans_issue_21(cpu.stdout, counts)
 
     smoke = snakemake(tmp_path, "-n", "-p", "--cores", "all", "--config", "preset=smoke")
     assert smoke.returncode == 0, smoke.stdout + smoke.stderr
@@ -403,6 +413,61 @@ def test_a_failed_job_leaves_nothing_a_later_rule_would_take_for_done(tmp_path):
     assert {name: after[name] for name in trained} == trained
 
 
+def assert_cpu_plans_issue_21(out: str, counts: dict) -> None:
+    """The CPU preset's dry run (-p) plans issue 21: fixed-fake critics (>= 3 families
+    with a lam sweep, the ablation and controls, 10 seeds, 2 pools), the tracking control,
+    CelebA runs and Fig. 1 over 100 queries."""
+    # two pools: an early WGAN-GP snapshot and the final WWGAN model of the preset's runs
+    pools = dict(re.findall(r"pool --source (\S+) .*--out \S+/pools/(\S+)\.npz", out))
+    assert sorted(pools.values()) == ["early-wgan-gp", "final-wwgan"]
+    (early,) = [src for src, name in pools.items() if name == "early-wgan-gp"]
+    assert re.fullmatch(
+        r"results/cpu/runs/fid/cifar10/wgan-gp/\w+/seed0/snapshots/snapshot_0000500\.pt", early
+    )
+    assert re.search(r"pool --source results/cpu/runs/fid/cifar10/wwgan/\w+/seed0 ", out)
+    critics = re.findall(
+        r"train --pool \S+/pools/(\S+)\.npz --family (\S+) ((?:--lam \S+ )+)--steps (\d+) "
+        r"--width (\d+) .* --seed (\d+) --out (\S+)", out)  # fmt: skip
+    assert counts["fixed_fake_critic"] == len(critics) == 140
+    lams, seeds = {}, {}
+    for pool, family, lam_flags, steps, width, seed, output in critics:
+        assert (steps, width) == ("500", "64") and output.endswith(f"{family}-seed{seed}.json")
+        lams[pool, family] = [float(x) for x in lam_flags.split()[1::2]]
+        seeds.setdefault((pool, family), set()).add(int(seed))
+    assert all(found == set(range(10)) for found in seeds.values())  # 10 paired seeds
+    for pool in ("early-wgan-gp", "final-wwgan"):  # the sweep on both pools
+        gp = lams[pool, "wgan-gp"]
+        assert len(gp) == 8 and min(gp) == 1 and max(gp) == 3000
+        assert len(lams[pool, "wwgan-intensity"]) == 4 and len(lams[pool, "wwgan-unit-mass"]) == 4
+    ablation = {family for pool, family in lams if pool == "early-wgan-gp"} - {
+        "wgan-gp", "wwgan-intensity", "wwgan-unit-mass"}  # fmt: skip
+    assert ablation == {f"wwgan-{scale}-{part}" for scale in ("intensity", "unit-mass")
+                        for part in ("alpha0", "alpha100", "8nb")} | {"sobolev", "wgan-gp-low-target"}  # fmt: skip
+    assert counts["fixed_fake_table"] == 2 and counts["fixed_fake_figure"] == 2
+    assert counts["fixed_fake_ablation"] == 1 and counts["fixed_fake_pool"] == 2
+    for name in (
+        "table-final-wwgan.md",
+        "dose-response-early-wgan-gp.pdf",
+        "ablation-early-wgan-gp.md",
+    ):
+        assert f"figures/cpu/fixed-fake/{name}" in out
+    assert "--pair sobolev:wwgan-intensity" in out and "--match separation" in out
+    # the tracking control beside the start-matched one
+    assert re.search(
+        r"--loss wgan-gp --lam 10\.0 --lam-follows intensity .*--label 'WGAN-GP, lam 10 s \(tracking\)'",
+        out,
+    )
+    assert "--lam 420.0" in out
+    # CelebA for Fig. 6: 64x64, width 64, WGAN-GP and WWGAN x 3 seeds, held-out faces
+    celeba = re.findall(
+        r"wwgan train --dataset celeba --image-size 64 .*--loss (\S+) .*--seed (\d)", out
+    )
+    assert sorted(celeba) == sorted((loss, s) for loss in ("wgan-gp", "wwgan") for s in "012")
+    assert "--width 64" in out and "figures/cpu/fid-curves-celeba.pdf" in out
+    assert re.search(r"fid\.py\" stats --dataset celeba .*--holdout 1000", out)
+    assert "--num-queries 100 " in out  # Fig. 1 over 100 held-out queries
+
+
 @pytest.mark.slow
 def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
     """The whole graph at tiny scale (needs every command of the CLI contract)."""
@@ -420,6 +485,28 @@ def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
     ):
         for ext in ("png", "pdf"):
             assert (figures / f"{name}.{ext}").stat().st_size > 0, name
+    # the fixed-fake critics (issue 21): a pool from a snapshot, its tables, figure, ablation
+    import numpy as np
+
+    fixed, source = figures / "fixed-fake", "early-wgan-gp"
+    with np.load(tmp_path / "results/smoke/fixed_fake/pools" / f"{source}.npz") as pool:
+        meta = json.loads(str(pool["meta"]))
+        assert pool["fake_train"].shape == (32, 3, 16, 16) and len(pool["fake_eval"]) == 16
+    assert (meta["iteration"], meta["loss"]) == (10, "wgan-gp")  # the snapshot, not the end
+    for ext in ("png", "pdf"):
+        assert (fixed / f"dose-response-{source}.{ext}").stat().st_size > 0
+    dose = json.loads((fixed / f"table-{source}.json").read_text())["dose_response"]
+    assert [(r["setting"], r["lam"], r["lam_eff"]["n"]) for r in dose] == [
+        ("wgan-gp", 1.0, 2), ("wgan-gp", 10.0, 2), ("wwgan-intensity", 0.1, 2)]  # fmt: skip
+    assert dose[1]["lam_eff"]["mean"] == pytest.approx(10.0)  # WGAN-GP: s = 1
+    assert dose[2]["lam_eff"]["mean"] > 0.1  # WWGAN's measured s > 1 at intensity scale
+    shard = tmp_path / "results/smoke/fixed_fake/sweep" / source / "wgan-gp-seed1.json"
+    critics = json.loads(shard.read_text())["critics"]
+    assert [(c["family"], c["lam"], c["seed"], c["steps"]) for c in critics] == [
+        ("wgan-gp", 1.0, 1, 3), ("wgan-gp", 10.0, 1, 3)]  # fmt: skip
+    separation = (fixed / f"separation-{source}.md").read_text()
+    assert "| wwgan-intensity | wgan-gp | 0.1 | separation |" in separation
+    assert "| sobolev | wwgan-intensity |" in (fixed / f"ablation-{source}.md").read_text()
     table = (tmp_path / "results" / "smoke" / "table.md").read_text()
     for metric in ("sliced Wasserstein distance", "scale s at the start", "shift: oscillation",
                    "noise: |Cohen's d|", "critic: snapshot SWD", "L2, the same histograms"):  # fmt: skip
@@ -449,6 +536,8 @@ def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
     )
     counts = job_counts(changed.stdout)
     assert counts["train"] == 4 and counts["fid_curve"] == 4 and counts["samples"] == 1
+    # the fixed-fake critics train against WGAN-GP's pool: nothing of them reruns
+    assert not [rule for rule in counts if rule.startswith("fixed_fake")]
     assert "neighbours" not in counts and "motivating_example" not in counts
     assert not re.search(r"output: \S+/wgan-gp/", changed.stdout)
 
@@ -494,7 +583,7 @@ def test_paper_preset_without_cuda_stops_at_once_with_one_screen(tmp_path):
         line for line in dry.stderr.splitlines() if line.startswith("wwgan preflight: warning:")
     ]
     assert len(warnings) == 3 and "allow_cpu=true" in dry.stderr
-    assert job_counts(dry.stdout)["train"] == 36
+    assert job_counts(dry.stdout)["train"] == 45
 
 
 @needs_no_cuda
@@ -533,7 +622,7 @@ def test_per_dataset_roots_plan_the_paper_preset_on_the_shared_layout(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     counts = job_counts(proc.stdout)
-    assert counts["train"] == 36 and "download" not in counts
+    assert counts["train"] == 45 and "download" not in counts
     assert "CIFAR-10 not found" not in proc.stderr and "CelebA not found" not in proc.stderr
     assert "--dataset celeba --image-size 64" in proc.stdout
     assert f"--data-root {celeba} " in proc.stdout and f"--data-root {cifar10} " in proc.stdout
@@ -546,6 +635,7 @@ def test_per_dataset_roots_plan_the_paper_preset_on_the_shared_layout(tmp_path):
         ("variants={wwgan: {lam: ten}}", "variants.wwgan.lam: 'ten' is not of type 'number'"),
         ("train={widht: 8}", "train: Additional properties are not allowed ('widht' was unexpected)"),
         ("fid_ttur_samples=-1", "fid_ttur_samples: -1 is less than the minimum of 0"),
+        ("fixed_fake={groups: {sweep: {families: {wgan-gp: [-1]}}}}", "fixed_fake.groups.sweep.families.wgan-gp.0: -1 is less than the minimum of 0"),
     ],
 )  # fmt: skip
 def test_a_misspelled_or_mistyped_setting_fails_at_parse_time_in_one_line(
@@ -669,7 +759,7 @@ def test_the_fid_rules_take_the_declared_weights_and_the_ttur_sample_count(tmp_p
         stats = [line for line in commands if 'fid.py" stats' in line]
         assert all(("--no-ttur" in line) == (ttur == 0) for line in stats)
     paper = snakemake(tmp_path, "-n", "-p")
-    assert paper.stdout.count("--ttur-samples 5000") == 36
+    assert paper.stdout.count("--ttur-samples 5000") == 45  # 5 variants x 3 seeds x 3 groups
 
 
 @pytest.mark.slow
