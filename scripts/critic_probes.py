@@ -34,6 +34,7 @@ from wwgan import (
     generated_batches,
     load_models,
     read_run_config,
+    refuse_overwriting_inputs,
     run_cli,
     select_device,
     snapshot_paths,
@@ -364,6 +365,7 @@ def _probe_options(command):
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def shift_command(runs, out, **options):
     """Critics on held-out real images shifted down 0..H pixels (Figure 4)."""
+    refuse_overwriting_inputs([out], [*runs, *(Path(run) / "fid_curve.csv" for run in runs)])
     payload = shift_experiment(runs, **options)
     write_json(payload, out)
     for entry in payload["runs"]:
@@ -390,6 +392,7 @@ def shift_command(runs, out, **options):
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def noise_command(runs, out, **options):
     """Critics on clean and salt-and-pepper held-out real images (Figure 5)."""
+    refuse_overwriting_inputs([out], [*runs, *(Path(run) / "fid_curve.csv" for run in runs)])
     payload = noise_experiment(runs, **options)
     write_json(payload, out)
     for entry in payload["runs"]:

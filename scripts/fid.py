@@ -60,6 +60,7 @@ from wwgan import (
     load_latest_checkpoint,
     load_models,
     previous_checkpoint_path,
+    refuse_overwriting_inputs,
     run_cli,
     select_device,
     snapshot_paths,
@@ -316,6 +317,7 @@ def reference_statistics(
     stored key (dataset, resolution, count, data root, weights, ttur) matches, recomputed
     and rewritten atomically otherwise."""
     path = Path(path)
+    refuse_overwriting_inputs([path], [weights if isinstance(weights, (str, Path)) else None])
     holdout = base_config.holdout if base_config else 0
     key = reference_stats_key(dataset, data_root, image_size, num_images, holdout, ttur)
     if path.exists():
@@ -458,6 +460,9 @@ def fid_curve(
             "FID needs --stats STATS.npz (from `python scripts/fid.py stats`), or pass --no-fid"
         )
     ttur_samples = ttur_samples if compute_fid else 0
+    refuse_overwriting_inputs([out], [run_dir, stats if compute_fid else None, weights])
+    if compute_fid:  # written here when it does not exist
+        refuse_overwriting_inputs([stats], [run_dir, weights, out])
     sources = {}
     sources.update(snapshot_paths(run_dir))
     checkpoint = run_dir / "checkpoint.pt"

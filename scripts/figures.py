@@ -20,7 +20,16 @@ import numpy as np
 
 from fid import read_fid_curve
 from neighbours import _from_thumbnail
-from wwgan import LOSS_NAMES, WWGANError, load_run, read_run_config, run_cli, sample_grid
+from wwgan import (
+    LOSS_NAMES,
+    WWGANError,
+    atomic_write,
+    load_run,
+    read_run_config,
+    refuse_overwriting_inputs,
+    run_cli,
+    sample_grid,
+)
 
 FIGURES: dict = {}
 
@@ -41,7 +50,8 @@ def save_figure(fig, out: str | Path) -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
     for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        with atomic_write(path) as f:
+            fig.savefig(f, format=path.suffix[1:], dpi=150, bbox_inches="tight")
     plt.close(fig)
     return paths
 
@@ -463,7 +473,9 @@ def cli(name, inputs, out):
     """Render figure NAME (PNG and PDF) from raw results, without retraining."""
     if name not in FIGURES:
         raise WWGANError(f"unknown figure {name!r}; choose from {', '.join(sorted(FIGURES))}")
-    for path in FIGURES[name]([Path(p) for p in inputs], Path(out)):
+    out = Path(out)
+    refuse_overwriting_inputs([out.with_suffix(".png"), out.with_suffix(".pdf")], inputs)
+    for path in FIGURES[name]([Path(p) for p in inputs], out):
         click.echo(f"wrote {path}")
 
 

@@ -14,7 +14,7 @@ import click
 import torch
 
 from image_w2 import image_w2_distance
-from wwgan import run_cli
+from wwgan import atomic_write, run_cli
 
 
 def motivating_example(size: int = 32) -> list[dict]:
@@ -48,7 +48,7 @@ def cli(size, out):
     rows = motivating_example(size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
+    with atomic_write(out, "w") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

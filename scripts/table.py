@@ -28,7 +28,9 @@ from wwgan import (
     LOSS_NAMES,
     OPTIMIZER_PRESETS,
     WWGANError,
+    atomic_write,
     read_run_config,
+    refuse_overwriting_inputs,
     run_cli,
     warn,
 )
@@ -329,6 +331,10 @@ def _csv_row(metric, setting, label, values, paper) -> dict:
 def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
     """Markdown table OUT (.md) and its long-form CSV beside it: mean ± 95% CI over seeds
     per metric, setting and variant, with the paper's claim where it makes one."""
+    out = Path(out)
+    beside = [Path(p).parent / name for p in paths if Path(p).suffix == ".csv"
+              for name in ("config.json", "metrics.jsonl")]  # what a curve's rows read  # fmt: skip
+    refuse_overwriting_inputs([out, out.with_suffix(".csv")], [*paths, *beside])
     records, neighbours, notes = results_records(paths)
     if not records and not neighbours:
         raise WWGANError(f"no numbers to tabulate in {', '.join(map(str, paths))}")
@@ -361,11 +367,11 @@ def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
         lines.append(f"| {metric} | {setting} | " + " | ".join(cells) + f" | {paper} |")
     if neighbours:
         lines += _neighbour_lines(neighbours, csv_rows)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    with atomic_write(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
     csv_path = out.with_suffix(".csv")
-    with open(csv_path, "w", newline="") as f:
+    with atomic_write(csv_path, "w") as f:
         fields = ["metric", "setting", "variant", "n", "mean", "ci95", "values", "paper"]
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
