@@ -4,14 +4,27 @@ goes through the atomic write path, and kill -9 at every write and rename point 
 curve or a sample grid leaves each finished file intact and a rerun that ends where an
 uninterrupted run does."""
 
+import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import wwgan
-from conftest import files_with_times, invoke, one_error_line, tiny_config
+from conftest import (
+    CRASH_HARNESS,
+    files_with_times,
+    invoke,
+    one_error_line,
+    tiny_config,
+    use_tiny_inception,
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +115,121 @@ def test_every_script_refuses_to_write_over_its_inputs(run, tmp_path, capsys):
             "wgan-gp", "--lam", "1", "--seed", "0", "--out", stats)  # fmt: skip
     refused(capsys, tmp_path, "fixed_fake_critics", "table", "--results", stats,
             "--out-md", tmp_path / "t.md", "--out-json", stats)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
+# crash points: kill -9 at every write and rename of an FID curve and of a sample grid
+# ---------------------------------------------------------------------------------------
+
+
+def crash(tmp_path, program, argv, **env) -> subprocess.CompletedProcess:
+    """`program ARGV` under conftest.CRASH_HARNESS (CRASH_AT=k kills it at the k-th point)."""
+    harness = tmp_path / "crash.py"
+    if not harness.exists():
+        harness.write_text(CRASH_HARNESS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CRASH_PROGRAM": program,
+           **{k: str(v) for k, v in env.items()}}  # fmt: skip
+    return subprocess.run([sys.executable, harness, *map(str, argv)], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def points_of(finished: subprocess.CompletedProcess) -> int:
+    assert finished.returncode == 0, finished.stderr
+    return int(finished.stdout.split("crash points:")[1])
+
+
+def curve_argv(run, stats):
+    return ["curve", run, "--stats", stats, "--num-samples", 16, "--ttur-samples", 16,
+            "--swd-images", 16, "--batch-size", 8, "--device", "cpu", "--no-progress"]  # fmt: skip
+
+
+def curve_values(path: Path) -> dict:
+    import fid
+
+    return {row["iteration"]: row for row in fid.read_fid_curve(path)}
+
+
+@pytest.fixture
+def one_thread():
+    """As in the harness (OMP_NUM_THREADS=1): the same float sums in a rerun in-process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_kill_9_at_every_write_point_of_an_fid_curve_then_rerun(
+    run, tmp_path, capsys, monkeypatch, one_thread
+):
+    """The curve starts from a finished SWD-only CSV (`--no-fid`) and adds both FIDs,
+    computing the reference statistics on the way: at every point the statistics are
+    absent or complete, the CSV is a complete file whose values are the final ones or not
+    yet there, the run is untouched, and the rerun ends byte-identical to an uninterrupted
+    run."""
+    import fid
+
+    use_tiny_inception(fid, monkeypatch)
+    template = tmp_path / "template"
+    shutil.copytree(run, template)
+    code, _, err = invoke(capsys, "fid", "curve", template, "--no-fid", "--num-samples", 16,
+                          "--batch-size", 8, "--device", "cpu", "--no-progress")  # fmt: skip
+    assert code == 0, err
+    run_files = files_with_times(template)
+    reference = tmp_path / "reference"
+    shutil.copytree(template, reference)
+    stats = tmp_path / "reference.npz"
+    points = points_of(crash(tmp_path, "fid", curve_argv(reference, stats), TINY_INCEPTION=1))
+    assert points == 2 + 2 * 2  # the statistics, then the CSV after each of 2 snapshots
+    expected, final = (
+        curve_values(reference / "fid_curve.csv"),
+        fid.load_reference_statistics(stats),
+    )
+    assert all(math.isfinite(row["fid"]) and math.isfinite(row["fid_ttur"])
+               for row in expected.values())  # fmt: skip
+
+    for k in range(1, points + 1):
+        work, stats = tmp_path / f"crash{k}", tmp_path / f"crash{k}.npz"
+        shutil.copytree(template, work)
+        killed = crash(tmp_path, "fid", curve_argv(work, stats), TINY_INCEPTION=1, CRASH_AT=k)
+        assert killed.returncode == -signal.SIGKILL, (k, killed.stderr)
+        visible = {n: v for n, v in files_with_times(work).items() if ".tmp-" not in n}
+        assert visible.keys() == run_files.keys(), k  # only atomic_write's temp files added
+        for name, value in run_files.items():  # every finished file intact
+            assert name == "fid_curve.csv" or visible[name] == value, (k, name)
+        for it, row in curve_values(work / "fid_curve.csv").items():  # complete, no torn row
+            for key in ("swd", "fid", "fid_ttur"):
+                assert math.isnan(row[key]) or row[key] == expected[it][key], (k, it, key)
+        if stats.exists():  # absent or complete
+            assert_same_statistics(fid.load_reference_statistics(stats), final)
+        code, _, err = invoke(capsys, "fid", *curve_argv(work, stats))
+        assert code == 0, (k, err)
+        assert (work / "fid_curve.csv").read_bytes() == (reference / "fid_curve.csv").read_bytes()
+        assert_same_statistics(fid.load_reference_statistics(stats), final)
+
+
+def assert_same_statistics(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a["key"] == b["key"]
+    assert all(np.array_equal(a[k], b[k]) for k in a if k != "key")
+
+
+def test_kill_9_at_every_write_point_of_a_sample_grid_then_rerun(run, tmp_path, capsys):
+    """`wwgan samples` over a finished grid: after each kill the grid is the old one or the
+    new one, byte for byte; the run is untouched; the rerun writes the new one."""
+    grid = tmp_path / "grid.png"
+    code, _, err = invoke(capsys, "wwgan", "samples", run, "--out", grid, "--seed", 1,
+                          "--device", "cpu")  # fmt: skip
+    assert code == 0, err
+    old, run_files = grid.read_bytes(), files_with_times(run)
+    argv = ["samples", run, "--out", grid, "--device", "cpu", "--num", 16]
+    new_grid = tmp_path / "new.png"
+    points = points_of(crash(tmp_path, "wwgan", [*argv[:3], new_grid, *argv[4:]]))
+    new = new_grid.read_bytes()
+    assert points == 2 and new != old  # the grid's fsync and rename
+    for k in range(1, points + 1):
+        grid.write_bytes(old)
+        killed = crash(tmp_path, "wwgan", argv, CRASH_AT=k)
+        assert killed.returncode == -signal.SIGKILL, (k, killed.stderr)
+        assert grid.read_bytes() in (old, new), k
+        assert files_with_times(run) == run_files, k
+        code, _, err = invoke(capsys, "wwgan", *argv)
+        assert code == 0 and grid.read_bytes() == new, (k, err)
