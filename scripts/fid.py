@@ -680,7 +680,7 @@ def fid_weights_command(out, source, verify_images):
     "--holdout",
     default=0,
     show_default=True,
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 10**8),  # as wwgan train --holdout
     help="Training images the runs held out (wwgan train --holdout): excluded here too.",
 )
 @click.option(
@@ -793,7 +793,13 @@ def fid_stats_command(
     default=None,
     help="CSV path [default: RUN/fid_curve.csv].",
 )
-@click.option("--seed", default=0, show_default=True, type=int, help="Latents and SWD sampling.")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 2**63 - 1),
+    help="Latents and SWD sampling.",
+)
 @inception_options
 @click.option("--no-progress", is_flag=True)
 def fid_curve_command(

@@ -41,7 +41,13 @@ def motivating_example(size: int = 32) -> list[dict]:
     epilog="\b\nExample:\n  python scripts/motivating_example.py --size 32 --out "
     "results/motivating_example.csv",
 )
-@click.option("--size", default=32, show_default=True, type=click.IntRange(min=2))
+@click.option(
+    "--size",
+    default=32,
+    show_default=True,
+    type=click.IntRange(2, 128),
+    help="Grid side in pixels (at most 128: W2 between size x size images grows as size^4).",
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def cli(size, out):
     """L2 and W2 distances between two one-pixel images (Figure 3, computed)."""
