@@ -192,9 +192,16 @@ def _fid_curve_records(path: Path) -> list[dict]:
 def _experiment_records(path: Path, data: dict, fields: dict) -> list[dict]:
     """One record per run and field of a shift/noise JSON, plus its matched snapshot."""
     records = []
-    for run in data.get("runs", []) if isinstance(data, dict) else []:
+    runs = data.get("runs", []) if isinstance(data, dict) else []
+    if not isinstance(runs, list):
+        raise WWGANError(f"{path}: field runs is {type(runs).__name__}, not a list")
+    for n, run in enumerate(runs):
         if not isinstance(run, dict):
             continue
+        for field, kinds in (("label", str), ("loss", str), ("dataset", str), ("seed", int)):
+            if run.get(field) is not None and not isinstance(run[field], kinds):
+                raise WWGANError(f"{path}: runs[{n}].{field} is {run[field]!r:.20}, not "
+                                 f"{kinds.__name__}")  # fmt: skip
         base = dict(label=run.get("label") or LOSS_NAMES.get(run.get("loss"), "?"),
                     seed=run.get("seed"), setting=f"{run.get('dataset', '?')}, critics")  # fmt: skip
         values = {name: _number(run.get(field)) for name, field in fields.items()}
@@ -230,6 +237,14 @@ def results_records(paths) -> tuple[list[dict], dict, list[str]]:
             raise WWGANError(f"{path}: not valid JSON ({exc})") from exc
         if "neighbo" in name:
             neighbours = data if isinstance(data, dict) else None
+            fields = {"query_brightness": (neighbours or {}).get("query_brightness")}
+            for key in NEIGHBOUR_ROWS:
+                entry = (neighbours or {}).get(key)
+                for field in ("class_share_per_query", "brightness_per_query"):
+                    fields[f"{key}.{field}"] = entry.get(field) if isinstance(entry, dict) else None
+            for field, value in fields.items():
+                if value is not None and not isinstance(value, list):
+                    raise WWGANError(f"{path}: field {field} is {value!r:.20}, not a list")
             continue
         records += _experiment_records(
             path, data, SHIFT_FIELDS if "shift" in name else NOISE_FIELDS
@@ -300,7 +315,7 @@ def _neighbour_lines(data: dict, csv_rows: list) -> list[str]:
         f"{queries} queries. Paper: 'L2 nearest neighbors are predominantly white images' "
         f"(no number). Mean intensity of the candidates: "
         f"{_number(data.get('candidate_brightness')) or float('nan'):.3f}, of the queries: "
-        f"{np.mean(data.get('query_brightness') or [np.nan]):.3f}.", "",
+        f"{np.mean([v for v in map(_number, data.get('query_brightness') or []) if v is not None] or [np.nan]):.3f}.", "",
         "| ground metric | share of neighbours in the query's class | neighbours' mean "
         "intensity |", "|---|---|---|",
     ]  # fmt: skip
