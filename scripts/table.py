@@ -117,12 +117,12 @@ def _scales(metrics_path: Path) -> list[float]:
     """The logged norm scales s of a run (metrics.jsonl rows with `norm_scale`)."""
     values = []
     if metrics_path.exists():
-        for line in metrics_path.read_text().splitlines():
+        for line in metrics_path.read_text(errors="replace").splitlines():
             try:
                 row = json.loads(line)
-            except ValueError:
+            except ValueError:  # a torn or undecodable row: skipped
                 continue
-            if _number(row.get("norm_scale")) is not None:
+            if isinstance(row, dict) and _number(row.get("norm_scale")) is not None:
                 values.append((row["norm_scale"], _number(row.get("lam_effective"))))
     return values
 
@@ -158,6 +158,10 @@ def _fid_curve_records(path: Path) -> list[dict]:
         raise WWGANError(f"{path}: no rows with an iteration; rerun `python scripts/fid.py curve`")
     last = max(rows, key=lambda row: _number(row["iteration"]))
     run = read_run_config(path.parent) or {}
+    for field in ("label", "loss", "dataset"):
+        if run.get(field) is not None and not isinstance(run[field], str):
+            raise WWGANError(f"{path.parent / 'config.json'}: field {field} is "
+                             f"{run[field]!r:.20}, not text")  # fmt: skip
     base = dict(
         label=_label(run), seed=run.get("seed"),
         setting=f"{run.get('dataset', path.parent.name)}, {_optimizer_name(run)} Adam preset",

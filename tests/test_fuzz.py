@@ -295,3 +295,116 @@ def test_samples_refuses_seeds_torch_cannot_take(script_inputs, tmp_path, capsys
         argv = ["samples", script_inputs / "run", "--out", tmp_path / "g.png", f"--{flag}", value]
         code, _, err = invoke(capsys, "wwgan", *argv)
         assert_clean_ending(code, err, (flag, value))
+
+
+# Every file kind the scripts read -> (its name under script_inputs, the commands that read
+# it: program, argv with FILE for the corrupted copy's path and OUT for an output folder,
+# and the files in the copy's folder the command may itself rewrite).
+FILE_KINDS = {
+    "fid_curve.csv": ("run/fid_curve.csv", [
+        ("table", ["--input", "FILE", "--out", "OUT/t.md"], ()),
+        ("figures", ["fid-curves", "--input", "FILE", "--out", "OUT/f"], ()),
+        ("fid", ["curve", "DIR", "--no-fid", "--num-samples", 16, "--batch-size", 8, "--device",
+                 "cpu", "--no-progress"], ("run/fid_curve.csv",)),
+    ]),
+    "config.json": ("run/config.json", [
+        ("table", ["--input", "DIR/fid_curve.csv", "--out", "OUT/t.md"], ()),
+    ]),
+    "metrics.jsonl": ("run/metrics.jsonl", [
+        ("table", ["--input", "DIR/fid_curve.csv", "--out", "OUT/t.md"], ()),
+    ]),
+    **{f"{probe}.json": (f"{probe}.json", [
+        ("table", ["--input", "FILE", "--out", "OUT/t.md"], ()),
+        ("figures", [probe, "--input", "FILE", "--out", "OUT/f"], ()),
+    ]) for probe in ("shift", "noise", "neighbours")},
+    "motivating.csv": ("motivating.csv", [
+        ("figures", ["motivating-example", "--input", "FILE", "--out", "OUT/f"], ()),
+    ]),
+    "stats.npz": ("stats.npz", [
+        ("fid", ["curve", "RUN", "--stats", "FILE", "--num-samples", 16, "--ttur-samples", 16,
+                 "--swd-images", 16, "--batch-size", 8, "--device", "cpu", "--no-progress",
+                 "--out", "OUT/c.csv"], ()),
+        ("fid", ["stats", "--dataset", "shapes", "--image-size", 16, "--num-images", 16,
+                 "--device", "cpu", "--out", "FILE"], ("stats.npz",)),  # recomputes a bad one
+    ]),
+}  # fmt: skip
+JSON_HOSTILE = ["DELETE", "x", None, [], {}, -1, 1e308, float("nan"), True]
+CELL_HOSTILE = ["x", "", "nan", "inf", "-1", "1e400", "\udcff"]
+
+
+def _paths(obj, prefix=()):
+    """Every key path of a JSON value (lists: their first item)."""
+    yield prefix
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(obj, list) and obj:
+        yield from _paths(obj[0], (*prefix, 0))
+
+
+def corrupt(data: bytes, name: str, draw) -> tuple[bytes, str]:
+    """A corrupted copy of a file's bytes: byte-level damage, or (JSON, CSV) a field of the
+    wrong type, missing, or undecodable."""
+    import copy
+    import json
+
+    how = draw(st.sampled_from(["empty", "truncate", "flip", "undecodable", "structure"]))
+    at = draw(st.integers(0, max(0, len(data) - 1)))
+    if how == "empty":
+        return b"", how
+    if how == "truncate":
+        return data[:at], f"truncate {at}"
+    if how == "flip":
+        return data[:at] + bytes([data[at] ^ draw(st.sampled_from([1, 0x40, 0x80]))]) + data[at + 1 :], f"flip {at}"  # fmt: skip
+    if how == "undecodable" or name.endswith(".npz"):
+        return data[:at] + b"\xff\xfe\x80" + data[at:], f"undecodable {at}"
+    if name.endswith(".csv"):
+        lines = data.decode().splitlines()
+        rows = [line.split(",") for line in lines]
+        column = draw(st.integers(0, len(rows[0]) - 1))
+        value = draw(st.sampled_from(CELL_HOSTILE + ["DROP"]))
+        for row in rows[0 if value == "DROP" else 1 :]:
+            if column < len(row):
+                row[column : column + 1] = [] if value == "DROP" else [value]
+        text = "\n".join(",".join(row) for row in rows) + "\n"
+        return text.encode("utf-8", "surrogateescape"), f"column {column} = {value!r}"
+    lines = data.decode().splitlines() if name.endswith(".jsonl") else [data.decode()]
+    obj = json.loads(lines[-1])
+    path = draw(st.sampled_from(list(_paths(obj))[:200]))
+    value = draw(st.sampled_from(JSON_HOSTILE))
+    if not path:
+        obj = value if value != "DELETE" else []
+    else:
+        obj = copy.deepcopy(obj)
+        parent = obj
+        for key in path[:-1]:
+            parent = parent[key]
+        if value == "DELETE":
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = value
+    lines[-1] = json.dumps(obj)
+    return ("\n".join(lines) + "\n").encode(), f"{path} = {value!r}"
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(kind=st.sampled_from(sorted(FILE_KINDS)), data=st.data())
+def test_corrupt_result_files_never_meet_a_traceback(
+    script_inputs, tmp_path_factory, capsys, kind, data
+):
+    """A corrupted copy of each file kind the scripts read: every reader ends in exit 0 or
+    one clear line naming the file, and no finished file changes."""
+    source, readers = FILE_KINDS[kind]
+    work = tmp_path_factory.mktemp("corrupt")
+    if source.startswith("run/"):
+        shutil.copytree(script_inputs / "run", work / "run")
+    target = work / source
+    original = (script_inputs / source).read_bytes()
+    damaged, how = corrupt(original, kind, data.draw)
+    target.write_bytes(damaged)
+    out = tmp_path_factory.mktemp("out")
+    for program, argv, writes in readers:
+        args = [str(a).replace("FILE", str(target)).replace("DIR", str(target.parent))
+                .replace("RUN", str(script_inputs / "run")).replace("OUT", str(out))
+                for a in argv]  # fmt: skip
+        assert_reader_clean(capsys, work, program, args, (kind, how, program, argv[0]), writes)
