@@ -233,12 +233,30 @@ def _read_stats(path: Path) -> dict:
         with np.load(path, allow_pickle=False) as f:
             stats = {k: f[k] for k in f.files}
         stats["key"] = json.loads(str(stats["key"]))
-        return stats
+        if not isinstance(stats["key"], dict):
+            raise ValueError("key")
     except Exception as exc:
         raise WWGANError(
             f"{path}: not a wwgan FID statistics file ({type(exc).__name__}); "
             f"recreate it with `python scripts/fid.py stats`"
         ) from exc
+    for suffix in ("", "_ttur"):  # each feature set: a finite mean (D,) and covariance (D, D)
+        mu, sigma = stats.get(f"mu{suffix}"), stats.get(f"sigma{suffix}")
+        if suffix and mu is None and sigma is None:
+            continue
+        dims = mu.shape[0] if isinstance(mu, np.ndarray) and mu.ndim == 1 else -1
+        for name, array, ndim in ((f"mu{suffix}", mu, 1), (f"sigma{suffix}", sigma, 2)):
+            if not (isinstance(array, np.ndarray) and array.dtype.kind == "f"
+                    and array.shape == (dims,) * ndim and np.isfinite(array).all()):  # fmt: skip
+                raise WWGANError(
+                    f"{path}: field {name} is not a finite {ndim}-d float array matching mu; "
+                    f"recreate it with `python scripts/fid.py stats`"
+                )
+    count = stats.get("count")
+    if not (isinstance(count, np.ndarray) and count.shape == () and count.dtype.kind in "iu"):
+        raise WWGANError(f"{path}: field count is not an integer; recreate it with "
+                         f"`python scripts/fid.py stats`")  # fmt: skip
+    return stats
 
 
 def load_reference_statistics(

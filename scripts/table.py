@@ -109,7 +109,7 @@ def _optimizer_name(run_config: dict) -> str:
 
 
 def _label(run_config: dict) -> str:
-    loss = run_config.get("loss", "?")
+    loss = run_config.get("loss") or "?"
     return run_config.get("label") or LOSS_NAMES.get(loss, loss)
 
 
@@ -158,10 +158,14 @@ def _fid_curve_records(path: Path) -> list[dict]:
         raise WWGANError(f"{path}: no rows with an iteration; rerun `python scripts/fid.py curve`")
     last = max(rows, key=lambda row: _number(row["iteration"]))
     run = read_run_config(path.parent) or {}
-    for field in ("label", "loss", "dataset"):
-        if run.get(field) is not None and not isinstance(run[field], str):
+    for field, kind in [*((f, str) for f in ("label", "loss", "dataset")),
+                        *((f, int) for f in ("seed", "batch_size", "n_critic", "max_images",
+                                             "holdout", "iterations"))]:  # fmt: skip
+        value = run.get(field)
+        present = field in run if kind is int else value is not None  # label, loss: optional
+        if present and (not isinstance(value, kind) or isinstance(value, bool)):
             raise WWGANError(f"{path.parent / 'config.json'}: field {field} is "
-                             f"{run[field]!r:.20}, not text")  # fmt: skip
+                             f"{value!r:.20}, not {'text' if kind is str else 'an integer'}")  # fmt: skip
     base = dict(
         label=_label(run), seed=run.get("seed"),
         setting=f"{run.get('dataset', path.parent.name)}, {_optimizer_name(run)} Adam preset",
