@@ -432,6 +432,32 @@ def atomic_write(path: str | Path, mode: str = "wb", keep_previous: bool = False
         tmp.unlink(missing_ok=True)
 
 
+def refuse_overwriting_inputs(outputs, inputs) -> None:
+    """A WWGANError (one line) when an output path is one of the command's inputs: the
+    same resolved path (relative paths, symlinks) or, where both exist, the same file
+    (hard links). A folder among `inputs` stands for the run files read in it (config.json,
+    metrics.jsonl, checkpoint*.pt, snapshots/*) and may not be an output itself. Call
+    before writing anything; None entries are skipped."""
+    files = []
+    for entry in filter(None, inputs):
+        entry = Path(entry)
+        files.append(entry)
+        if entry.is_dir():
+            files += [entry / "config.json", entry / "metrics.jsonl"]
+            files += sorted(entry.glob("checkpoint*.pt")) + sorted(entry.glob("snapshots/*"))
+    for out in map(Path, filter(None, outputs)):
+        for source in files:
+            same = os.path.realpath(out) == os.path.realpath(source)
+            if not same and out.exists() and source.exists():
+                with contextlib.suppress(OSError):
+                    same = os.path.samefile(out, source)
+            if same:
+                raise WWGANError(
+                    f"{out}: this output would write over the input {source}; choose "
+                    f"another output path"
+                )
+
+
 def write_json(payload: Any, path: str | Path) -> Path:
     """`payload` as indented JSON at `path` (parents created), through `atomic_write`."""
     path = Path(path)

@@ -28,12 +28,14 @@ from fid import read_fid_curve
 from wwgan import (
     DATASETS,
     LOSS_NAMES,
+    FiniteFloatRange,
     TrainConfig,
     WWGANError,
     evaluation_images,
     generated_batches,
     load_models,
     read_run_config,
+    refuse_overwriting_inputs,
     run_cli,
     select_device,
     snapshot_paths,
@@ -334,14 +336,14 @@ def _probe_options(command):
                      show_default=True,
                      help="Probe each run's snapshot closest to --target in this metric of "
                           "its fid_curve.csv (fid: the paper's protocol), or its last."),
-        click.option("--target", default=40.0, show_default=True, type=float,
+        click.option("--target", default=40.0, show_default=True, type=FiniteFloatRange(min=0, min_open=True),
                      help="FID (or SWD) to match; when a run never reaches it, the lowest "
                           "value every run reaches."),
         click.option("--dataset", default=None, type=click.Choice(DATASETS),
                      help="Images to use (default: the runs')."),
         click.option("--data-root", default=None, type=click.Path(),
                      help="Dataset root (default: the runs')."),
-        click.option("--image-seed", default=0, show_default=True, type=int,
+        click.option("--image-seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
                      help="Seed of the fixed random choice of held-out images."),
         click.option("--allow-training-images", is_flag=True,
                      help="Use training images when the data has no test split and the runs "
@@ -364,6 +366,7 @@ def _probe_options(command):
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def shift_command(runs, out, **options):
     """Critics on held-out real images shifted down 0..H pixels (Figure 4)."""
+    refuse_overwriting_inputs([out], [*runs, *(Path(run) / "fid_curve.csv" for run in runs)])
     payload = shift_experiment(runs, **options)
     write_json(payload, out)
     for entry in payload["runs"]:
@@ -382,14 +385,15 @@ def shift_command(runs, out, **options):
 )
 @_probe_options
 @click.option("--num-images", default=64, show_default=True, type=click.IntRange(min=2))
-@click.option("--noise-seed", default=0, show_default=True, type=int)
+@click.option("--noise-seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 @click.option(
-    "--probability", default=NOISE_PROBABILITY, show_default=True, type=click.FloatRange(0, 1),
+    "--probability", default=NOISE_PROBABILITY, show_default=True, type=FiniteFloatRange(0, 1),
     help="Chance that a coordinate is changed.",
 )  # fmt: skip
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def noise_command(runs, out, **options):
     """Critics on clean and salt-and-pepper held-out real images (Figure 5)."""
+    refuse_overwriting_inputs([out], [*runs, *(Path(run) / "fid_curve.csv" for run in runs)])
     payload = noise_experiment(runs, **options)
     write_json(payload, out)
     for entry in payload["runs"]:

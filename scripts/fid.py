@@ -60,6 +60,7 @@ from wwgan import (
     load_latest_checkpoint,
     load_models,
     previous_checkpoint_path,
+    refuse_overwriting_inputs,
     run_cli,
     select_device,
     snapshot_paths,
@@ -232,12 +233,30 @@ def _read_stats(path: Path) -> dict:
         with np.load(path, allow_pickle=False) as f:
             stats = {k: f[k] for k in f.files}
         stats["key"] = json.loads(str(stats["key"]))
-        return stats
+        if not isinstance(stats["key"], dict):
+            raise ValueError("key")
     except Exception as exc:
         raise WWGANError(
             f"{path}: not a wwgan FID statistics file ({type(exc).__name__}); "
             f"recreate it with `python scripts/fid.py stats`"
         ) from exc
+    for suffix in ("", "_ttur"):  # each feature set: a finite mean (D,) and covariance (D, D)
+        mu, sigma = stats.get(f"mu{suffix}"), stats.get(f"sigma{suffix}")
+        if suffix and mu is None and sigma is None:
+            continue
+        dims = mu.shape[0] if isinstance(mu, np.ndarray) and mu.ndim == 1 else -1
+        for name, array, ndim in ((f"mu{suffix}", mu, 1), (f"sigma{suffix}", sigma, 2)):
+            if not (isinstance(array, np.ndarray) and array.dtype.kind == "f"
+                    and array.shape == (dims,) * ndim and np.isfinite(array).all()):  # fmt: skip
+                raise WWGANError(
+                    f"{path}: field {name} is not a finite {ndim}-d float array matching mu; "
+                    f"recreate it with `python scripts/fid.py stats`"
+                )
+    count = stats.get("count")
+    if not (isinstance(count, np.ndarray) and count.shape == () and count.dtype.kind in "iu"):
+        raise WWGANError(f"{path}: field count is not an integer; recreate it with "
+                         f"`python scripts/fid.py stats`")  # fmt: skip
+    return stats
 
 
 def load_reference_statistics(
@@ -316,6 +335,7 @@ def reference_statistics(
     stored key (dataset, resolution, count, data root, weights, ttur) matches, recomputed
     and rewritten atomically otherwise."""
     path = Path(path)
+    refuse_overwriting_inputs([path], [weights if isinstance(weights, (str, Path)) else None])
     holdout = base_config.holdout if base_config else 0
     key = reference_stats_key(dataset, data_root, image_size, num_images, holdout, ttur)
     if path.exists():
@@ -458,6 +478,9 @@ def fid_curve(
             "FID needs --stats STATS.npz (from `python scripts/fid.py stats`), or pass --no-fid"
         )
     ttur_samples = ttur_samples if compute_fid else 0
+    refuse_overwriting_inputs([out], [run_dir, stats if compute_fid else None, weights])
+    if compute_fid:  # written here when it does not exist
+        refuse_overwriting_inputs([stats], [run_dir, weights, out])
     sources = {}
     sources.update(snapshot_paths(run_dir))
     checkpoint = run_dir / "checkpoint.pt"
@@ -675,7 +698,7 @@ def fid_weights_command(out, source, verify_images):
     "--holdout",
     default=0,
     show_default=True,
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 10**8),  # as wwgan train --holdout
     help="Training images the runs held out (wwgan train --holdout): excluded here too.",
 )
 @click.option(
@@ -788,7 +811,13 @@ def fid_stats_command(
     default=None,
     help="CSV path [default: RUN/fid_curve.csv].",
 )
-@click.option("--seed", default=0, show_default=True, type=int, help="Latents and SWD sampling.")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 2**63 - 1),
+    help="Latents and SWD sampling.",
+)
 @inception_options
 @click.option("--no-progress", is_flag=True)
 def fid_curve_command(

@@ -20,7 +20,16 @@ import numpy as np
 
 from fid import read_fid_curve
 from neighbours import _from_thumbnail
-from wwgan import LOSS_NAMES, WWGANError, load_run, read_run_config, run_cli, sample_grid
+from wwgan import (
+    LOSS_NAMES,
+    WWGANError,
+    atomic_write,
+    load_run,
+    read_run_config,
+    refuse_overwriting_inputs,
+    run_cli,
+    sample_grid,
+)
 
 FIGURES: dict = {}
 
@@ -41,7 +50,8 @@ def save_figure(fig, out: str | Path) -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
     for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        with atomic_write(path) as f:
+            fig.savefig(f, format=path.suffix[1:], dpi=150, bbox_inches="tight")
     plt.close(fig)
     return paths
 
@@ -220,6 +230,50 @@ def _label(run: dict) -> str:
     return run.get("label") or LOSS_NAMES.get(run.get("loss"), str(run.get("loss")))
 
 
+# The fields a figure reads from each runs[*] entry of a critic_probes.py result, by kind:
+# "number" (NaN allowed), "numbers" (a non-empty list of them), "rows" (a list of such).
+RUN_FIELDS = {
+    "shift": {"seed": "int", "snapshot_iteration": "int", "oscillation": "number",
+              "early_jump": "number", "curves": "rows", "per_image.oscillation": "numbers"},
+    "noise": {"seed": "int", "snapshot_iteration": "int", "cohens_d": "number",
+              "relative_gap": "number", "clean": "numbers", "noisy": "numbers"},
+}  # fmt: skip
+
+
+def _kind(value) -> str:
+    return "missing" if value is None else f"{type(value).__name__} {str(value)[:20]!r}"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_numbers(value) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(map(_is_number, value))
+
+
+FIELD_CHECKS = {
+    "text": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": _is_number,
+    "numbers": _is_numbers,
+    "rows": lambda v: isinstance(v, list) and len(v) > 0 and all(map(_is_numbers, v)),
+}
+
+
+def _check_run(path, n: int, entry, fields: dict) -> None:
+    """One line naming the file and the field when runs[n] lacks a field the figure
+    reads or holds the wrong type there (`label` is optional: the loss's name stands in)."""
+    if not isinstance(entry, dict):
+        raise WWGANError(f"{path}: runs[{n}] is {_kind(entry)}, not an object")
+    for name, kind in {"label": "text", **fields}.items():
+        value = entry
+        for key in name.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if (name != "label" or value is not None) and not FIELD_CHECKS[kind](value):
+            raise WWGANError(f"{path}: runs[{n}].{name} is {_kind(value)}, not {kind}")
+
+
 def _read_runs(paths, experiment: str) -> tuple[dict, dict]:
     """The first payload of one experiment's JSON files, and its run entries grouped by
     variant label in input order, each group by seed."""
@@ -229,13 +283,17 @@ def _read_runs(paths, experiment: str) -> tuple[dict, dict]:
             payload = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise WWGANError(f"{path}: not a readable JSON result ({type(exc).__name__})") from exc
-        if payload.get("experiment") != experiment:
+        if not isinstance(payload, dict) or payload.get("experiment") != experiment:
             raise WWGANError(
                 f"{path}: not a `critic_probes.py {experiment}` result "
-                f"(experiment={payload.get('experiment')!r})"
+                f"(experiment={payload.get('experiment') if isinstance(payload, dict) else None!r})"
             )
         first = first or payload
-        for entry in payload["runs"]:
+        runs = payload.get("runs")
+        if not isinstance(runs, list):
+            raise WWGANError(f"{path}: field runs is {_kind(runs)}, not a list")
+        for n, entry in enumerate(runs):
+            _check_run(path, n, entry, RUN_FIELDS[experiment])
             groups.setdefault(_label(entry), []).append(entry)
     if not groups:
         raise WWGANError(f"no runs in {', '.join(map(str, paths))}")
@@ -337,10 +395,16 @@ def render_neighbours(inputs, out):
     the JSON."""
     plt = _matplotlib()
     payload = json.loads(Path(inputs[0]).read_text())
-    if payload.get("experiment") != "neighbours":
+    if not isinstance(payload, dict) or payload.get("experiment") != "neighbours":
         raise WWGANError(f"{inputs[0]}: not a `neighbours.py` result")
-    thumbs = payload["thumbnails"]
-    shape = thumbs["shape"]
+    thumbs = payload.get("thumbnails")
+    shape = thumbs.get("shape") if isinstance(thumbs, dict) else None
+    if not (isinstance(shape, list) and len(shape) == 3 and all(
+            isinstance(n, int) and n > 0 for n in shape)):  # fmt: skip
+        raise WWGANError(f"{inputs[0]}: field thumbnails.shape is {shape!r:.30}, not [C, H, W]")
+    for name in ("queries", *(k for k in ("w2", "l2", "l2_rgb") if k in thumbs)):
+        if not isinstance(thumbs[name], list) or not isinstance(payload.get(name, {}), dict):
+            raise WWGANError(f"{inputs[0]}: field thumbnails.{name} or {name} has the wrong type")
 
     gap = np.full((shape[0], shape[1], max(1, shape[2] // 4)), 255, dtype=np.uint8)
 
@@ -472,7 +536,20 @@ def cli(name, inputs, out):
     """Render figure NAME (PNG and PDF) from raw results, without retraining."""
     if name not in FIGURES:
         raise WWGANError(f"unknown figure {name!r}; choose from {', '.join(sorted(FIGURES))}")
-    for path in FIGURES[name]([Path(p) for p in inputs], Path(out)):
+    out = Path(out)
+    refuse_overwriting_inputs([out.with_suffix(".png"), out.with_suffix(".pdf")], inputs)
+    try:
+        with np.errstate(all="ignore"):  # inf from absurd values: an error below, not a warning
+            paths = FIGURES[name]([Path(p) for p in inputs], out)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+        _matplotlib().close("all")  # the half-drawn figure
+        # a field the checks above do not cover: still one line, naming the files
+        detail = f"field {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        raise WWGANError(
+            f"{', '.join(map(str, inputs))}: not a valid input of figure {name} "
+            f"({type(exc).__name__}: {detail[:120]})"
+        ) from exc
+    for path in paths:
         click.echo(f"wrote {path}")
 
 

@@ -58,6 +58,7 @@ from wwgan import (
     load_dataset,
     load_models,
     load_run,
+    refuse_overwriting_inputs,
     run_cli,
     safe_sqrt,
     select_device,
@@ -619,6 +620,7 @@ def cli():
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def pool_command(source, num_train, num_eval, seed, device, out):
     """Draw a fixed fake pool once from a frozen generator; save it as uint8 .npz."""
+    refuse_overwriting_inputs([out], [source])
     fake_train, fake_eval, meta = draw_pool(source, num_train, num_eval, seed, device)
     save_pool(out, fake_train, fake_eval, meta)
     click.echo(f"wrote {out}: {len(fake_train)} + {len(fake_eval)} fakes of {source}")
@@ -686,6 +688,7 @@ def pool_command(source, num_train, num_eval, seed, device, out):
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def train_command(out, device, **options):
     """Train and score critics from scratch against a fixed fake pool."""
+    refuse_overwriting_inputs([out], [options["pool"]])
     if options["shift_images"] > options["num_images"]:
         raise WWGANError("--shift-images must not exceed --num-images")
 
@@ -744,6 +747,7 @@ def train_command(out, device, **options):
 @click.option("--out-json", default=None, type=click.Path(dir_okay=False))
 def table_command(paths, reference, pairs, match, max_ratio, out_md, out_json):
     """The dose-response table and paired differences at matched lam_eff."""
+    refuse_overwriting_inputs([out_md, out_json], paths)
     dose, paired = build_tables(paths, reference, pairs, match, max_ratio)
     text = table_markdown(dose, paired)
     Path(out_md).parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wwgan import WWGANError, atomic_torch_save, make_shapes
+from wwgan import WWGANError, atomic_torch_save, make_shapes, refuse_overwriting_inputs
 
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_DIMS = 2048
@@ -317,6 +317,7 @@ def write_fid_weights(
     write it atomically to `out` (default: where pytorch-fid looks). Returns the check's
     numbers."""
     out = Path(out) if out else fid_weights_path()
+    refuse_overwriting_inputs([out], [source or fid_helper_model_path(), verify_images])
     torchscript = load_torchscript_inception(source)
     state_dict = convert_fid_helper_inception(torchscript)
     check = compare_inception_features(state_dict, torchscript, _verification_images(verify_images))

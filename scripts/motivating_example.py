@@ -14,7 +14,7 @@ import click
 import torch
 
 from image_w2 import image_w2_distance
-from wwgan import run_cli
+from wwgan import atomic_write, run_cli
 
 
 def motivating_example(size: int = 32) -> list[dict]:
@@ -41,14 +41,20 @@ def motivating_example(size: int = 32) -> list[dict]:
     epilog="\b\nExample:\n  python scripts/motivating_example.py --size 32 --out "
     "results/motivating_example.csv",
 )
-@click.option("--size", default=32, show_default=True, type=click.IntRange(min=2))
+@click.option(
+    "--size",
+    default=32,
+    show_default=True,
+    type=click.IntRange(2, 128),
+    help="Grid side in pixels (at most 128: W2 between size x size images grows as size^4).",
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def cli(size, out):
     """L2 and W2 distances between two one-pixel images (Figure 3, computed)."""
     rows = motivating_example(size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
+    with atomic_write(out, "w") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -137,7 +137,7 @@ def _mean_ci(values) -> str:
 @click.option("--data-root", default="data", show_default=True, type=click.Path())
 @click.option("--image-size", default=32, show_default=True, type=int)
 @click.option(
-    "--holdout", default=0, show_default=True, type=click.IntRange(min=0),
+    "--holdout", default=0, show_default=True, type=click.IntRange(0, 10**8),
     help="The slice the runs held out (wwgan train --holdout), used when the data has no "
          "test split.",
 )  # fmt: skip
@@ -153,7 +153,7 @@ def _mean_ci(values) -> str:
               help="Use training images when there is no test split and no held-out slice.")  # fmt: skip
 @click.option("--num-queries", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--num-candidates", default=1000, show_default=True, type=click.IntRange(min=9))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 @click.option(
     "--show", default=8, show_default=True, type=click.IntRange(min=1),
     help="Queries kept as thumbnails for the figure.",

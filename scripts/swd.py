@@ -181,7 +181,7 @@ def sliced_wasserstein_distance(
     type=click.IntRange(min=1),
     help="At most this many images of each folder (a fixed-seed subset).",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 def cli(real, fake, image_size, num_images, seed):
     """Multi-scale SWD (x 1e3, per level and mean) between the images of two folders."""
     sets = [

@@ -28,7 +28,9 @@ from wwgan import (
     LOSS_NAMES,
     OPTIMIZER_PRESETS,
     WWGANError,
+    atomic_write,
     read_run_config,
+    refuse_overwriting_inputs,
     run_cli,
     warn,
 )
@@ -110,7 +112,7 @@ def _optimizer_name(run_config: dict) -> str:
 
 
 def _label(run_config: dict) -> str:
-    loss = run_config.get("loss", "?")
+    loss = run_config.get("loss") or "?"
     return run_config.get("label") or LOSS_NAMES.get(loss, loss)
 
 
@@ -118,12 +120,12 @@ def _scales(metrics_path: Path) -> list[float]:
     """The logged norm scales s of a run (metrics.jsonl rows with `norm_scale`)."""
     values = []
     if metrics_path.exists():
-        for line in metrics_path.read_text().splitlines():
+        for line in metrics_path.read_text(errors="replace").splitlines():
             try:
                 row = json.loads(line)
-            except ValueError:
+            except ValueError:  # a torn or undecodable row: skipped
                 continue
-            if _number(row.get("norm_scale")) is not None:
+            if isinstance(row, dict) and _number(row.get("norm_scale")) is not None:
                 values.append((row["norm_scale"], _number(row.get("lam_effective"))))
     return values
 
@@ -159,6 +161,14 @@ def _fid_curve_records(path: Path) -> list[dict]:
         raise WWGANError(f"{path}: no rows with an iteration; rerun `python scripts/fid.py curve`")
     last = max(rows, key=lambda row: _number(row["iteration"]))
     run = read_run_config(path.parent) or {}
+    for field, kind in [*((f, str) for f in ("label", "loss", "dataset")),
+                        *((f, int) for f in ("seed", "batch_size", "n_critic", "max_images",
+                                             "holdout", "iterations"))]:  # fmt: skip
+        value = run.get(field)
+        present = field in run if kind is int else value is not None  # label, loss: optional
+        if present and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise WWGANError(f"{path.parent / 'config.json'}: field {field} is "
+                             f"{value!r:.20}, not {'text' if kind is str else 'an integer'}")  # fmt: skip
     base = dict(
         label=_label(run), seed=run.get("seed"),
         setting=f"{run.get('dataset', path.parent.name)}, {_optimizer_name(run)} Adam preset",
@@ -194,9 +204,16 @@ def _fid_curve_records(path: Path) -> list[dict]:
 def _experiment_records(path: Path, data: dict, fields: dict) -> list[dict]:
     """One record per run and field of a shift/noise JSON, plus its matched snapshot."""
     records = []
-    for run in data.get("runs", []) if isinstance(data, dict) else []:
+    runs = data.get("runs", []) if isinstance(data, dict) else []
+    if not isinstance(runs, list):
+        raise WWGANError(f"{path}: field runs is {type(runs).__name__}, not a list")
+    for n, run in enumerate(runs):
         if not isinstance(run, dict):
             continue
+        for field, kinds in (("label", str), ("loss", str), ("dataset", str), ("seed", int)):
+            if run.get(field) is not None and not isinstance(run[field], kinds):
+                raise WWGANError(f"{path}: runs[{n}].{field} is {run[field]!r:.20}, not "
+                                 f"{kinds.__name__}")  # fmt: skip
         base = dict(label=run.get("label") or LOSS_NAMES.get(run.get("loss"), "?"),
                     seed=run.get("seed"), setting=f"{run.get('dataset', '?')}, critics")  # fmt: skip
         values = {name: _number(run.get(field)) for name, field in fields.items()}
@@ -232,6 +249,14 @@ def results_records(paths) -> tuple[list[dict], dict, list[str]]:
             raise WWGANError(f"{path}: not valid JSON ({exc})") from exc
         if "neighbo" in name:
             neighbours = data if isinstance(data, dict) else None
+            fields = {"query_brightness": (neighbours or {}).get("query_brightness")}
+            for key in NEIGHBOUR_ROWS:
+                entry = (neighbours or {}).get(key)
+                for field in ("class_share_per_query", "brightness_per_query"):
+                    fields[f"{key}.{field}"] = entry.get(field) if isinstance(entry, dict) else None
+            for field, value in fields.items():
+                if value is not None and not isinstance(value, list):
+                    raise WWGANError(f"{path}: field {field} is {value!r:.20}, not a list")
             continue
         records += _experiment_records(
             path, data, SHIFT_FIELDS if "shift" in name else NOISE_FIELDS
@@ -302,7 +327,7 @@ def _neighbour_lines(data: dict, csv_rows: list) -> list[str]:
         f"{queries} queries. Paper: 'L2 nearest neighbors are predominantly white images' "
         f"(no number). Mean intensity of the candidates: "
         f"{_number(data.get('candidate_brightness')) or float('nan'):.3f}, of the queries: "
-        f"{np.mean(data.get('query_brightness') or [np.nan]):.3f}.", "",
+        f"{np.mean([v for v in map(_number, data.get('query_brightness') or []) if v is not None] or [np.nan]):.3f}.", "",
         "| ground metric | share of neighbours in the query's class | neighbours' mean "
         "intensity |", "|---|---|---|",
     ]  # fmt: skip
@@ -333,6 +358,10 @@ def _csv_row(metric, setting, label, values, paper) -> dict:
 def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
     """Markdown table OUT (.md) and its long-form CSV beside it: mean ± 95% CI over seeds
     per metric, setting and variant, with the paper's claim where it makes one."""
+    out = Path(out)
+    beside = [Path(p).parent / name for p in paths if Path(p).suffix == ".csv"
+              for name in ("config.json", "metrics.jsonl")]  # what a curve's rows read  # fmt: skip
+    refuse_overwriting_inputs([out, out.with_suffix(".csv")], [*paths, *beside])
     records, neighbours, notes = results_records(paths)
     if not records and not neighbours:
         raise WWGANError(f"no numbers to tabulate in {', '.join(map(str, paths))}")
@@ -365,11 +394,11 @@ def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
         lines.append(f"| {metric} | {setting} | " + " | ".join(cells) + f" | {paper} |")
     if neighbours:
         lines += _neighbour_lines(neighbours, csv_rows)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    with atomic_write(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
     csv_path = out.with_suffix(".csv")
-    with open(csv_path, "w", newline="") as f:
+    with atomic_write(csv_path, "w") as f:
         fields = ["metric", "setting", "variant", "n", "mean", "ci95", "values", "paper"]
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

@@ -125,6 +125,70 @@ def files_with_times(folder: Path) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------------------
+# crash points: a command line in a subprocess, killed at its k-th write or rename
+# ---------------------------------------------------------------------------------------
+
+# Runs a command line with every os.fsync, os.link and os.replace counted (the points where
+# a file becomes durable or visible); with CRASH_AT=k it SIGKILLs itself at the k-th, just
+# before that call. It prints the count on a clean exit. The program is CRASH_PROGRAM
+# ("wwgan", the default, or a script's name as for `invoke`); with TINY_INCEPTION=1 fid.py
+# gets `TinyInception` in place of both Inception networks.
+CRASH_HARNESS = f"""
+import atexit, importlib, os, signal, sys
+sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "scripts")!r}, {str(ROOT / "tests")!r}]
+import wwgan
+crash_at, count = int(os.environ.get("CRASH_AT", "0")), [0]
+def counted(real):
+    def call(*args, **kwargs):
+        count[0] += 1
+        if count[0] == crash_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return call
+os.fsync, os.link, os.replace = counted(os.fsync), counted(os.link), counted(os.replace)
+atexit.register(lambda: print("crash points:", count[0]))
+program = os.environ.get("CRASH_PROGRAM", "wwgan")
+if os.environ.get("TINY_INCEPTION"):
+    import conftest, fid
+    conftest.use_tiny_inception(fid)
+if program == "wwgan":
+    wwgan.main(sys.argv[1:])
+else:
+    wwgan.run_cli(importlib.import_module(program).cli, sys.argv[1:], prog_name=program)
+"""
+
+
+class TinyInception(torch.nn.Module):
+    """A stand-in for Inception in FID tests (seconds, not minutes, on a CPU): the 12
+    features of a 2x2 average pool of the RGB image in [0, 1], returned the way
+    pytorch-fid's network ([(B, 12, 1, 1)], fed floats in [0, 1]) or torch-fidelity's
+    ((B, 12),, fed uint8) does."""
+
+    def __init__(self, ttur: bool = False):
+        super().__init__()
+        self.ttur = ttur
+
+    def forward(self, x):
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x.float(), 2).flatten(1)
+        if self.ttur:
+            return (pooled / 255,)
+        return [pooled[:, :, None, None]]
+
+
+def use_tiny_inception(fid_module, monkeypatch=None) -> None:
+    """fid.py's two Inception loaders give `TinyInception` (via monkeypatch in a test)."""
+    loaders = dict(
+        load_fid_inception=lambda device="cpu", weights=None: TinyInception(False),
+        load_ttur_inception=lambda device="cpu", weights=None: TinyInception(True),
+    )
+    for name, loader in loaders.items():
+        if monkeypatch is None:
+            setattr(fid_module, name, loader)
+        else:
+            monkeypatch.setattr(fid_module, name, loader)
+
+
 def one_error_line(code, err: str) -> str:
     """The single `wwgan: error:` line of a wwgan error (exit status 1), checked."""
     assert "Traceback" not in err, err

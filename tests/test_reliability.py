@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import wwgan
-from conftest import files_with_times, one_error_line, tiny_config
+from conftest import CRASH_HARNESS, files_with_times, one_error_line, tiny_config
 
 ROOT = Path(wwgan.__file__).resolve().parent
 TRAIN_ARGS = [
@@ -485,27 +485,10 @@ def assert_same(a: dict, b: dict) -> None:
 
 # ---------------------------------------------------------------------------------------
 # crash points: kill -9 at every write and rename of a short run, then rerun
+# (conftest.CRASH_HARNESS; tests/test_script_reliability.py does the same for an FID curve
+# and a sample grid)
 # ---------------------------------------------------------------------------------------
 
-# Runs the CLI with every os.fsync, os.link and os.replace counted (the points where a
-# file becomes durable or visible); with CRASH_AT=k it SIGKILLs itself at the k-th, just
-# before that call. It prints the count on a clean exit.
-CRASH_HARNESS = f"""
-import atexit, os, signal, sys
-sys.path.insert(0, {str(ROOT)!r})
-import wwgan
-crash_at, count = int(os.environ.get("CRASH_AT", "0")), [0]
-def counted(real):
-    def call(*args, **kwargs):
-        count[0] += 1
-        if count[0] == crash_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(*args, **kwargs)
-    return call
-os.fsync, os.link, os.replace = counted(os.fsync), counted(os.link), counted(os.replace)
-atexit.register(lambda: print("crash points:", count[0]))
-wwgan.main(sys.argv[1:])
-"""
 CRASH_RUN = ["--iterations", "4", "--checkpoint-every", "2", "--sample-every", "2"]
 
 
