@@ -2580,13 +2580,14 @@ def download_command(name, root, timeout):
     "--num",
     default=64,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10_000),  # 10,000 32x32 tiles: a 3,200 x 3,200 px PNG
     help="Samples (a square number gives a square grid).",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 @click.option("--device", default="auto", show_default=True)
 def samples_command(run_dir, out, num, seed, device):
     """An 8x8 grid of samples of RUN's latest generator (eval mode), [-1, 1] -> [0, 255]."""
+    refuse_overwriting_inputs([out], [run_dir])
     click.echo(f"wrote {write_sample_grid(run_dir, out, num, seed, select_device(device))}")
 
 

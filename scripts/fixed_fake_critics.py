@@ -677,8 +677,8 @@ def pool_command(source, num_train, num_eval, seed, device, out):
     help="Held-out real images (and as many unseen fakes) to score on.",
 )
 @click.option("--shift-images", default=64, show_default=True, type=click.IntRange(min=2))
-@click.option("--image-seed", default=0, show_default=True, type=int)
-@click.option("--noise-seed", default=0, show_default=True, type=int)
+@click.option("--image-seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
+@click.option("--noise-seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 @click.option(
     "--allow-training-images",
     is_flag=True,

@@ -277,8 +277,6 @@ def test_each_script_flag_with_each_hostile_value(script_inputs, tmp_path, capsy
     command = wwgan.cli if program == "wwgan" else importlib.import_module(program).cli
     for flag in flags.split():
         for value in SCRIPT_HOSTILE:
-            if name == "samples" and value == str(2**64):
-                continue  # test_samples_refuses_seeds_torch_cannot_take
             args = with_flag(argv, flag, value)
             if name in SLOW_COMMANDS:
                 try:
@@ -289,7 +287,6 @@ def test_each_script_flag_with_each_hostile_value(script_inputs, tmp_path, capsy
             assert_reader_clean(capsys, script_inputs, program, args, (name, flag, value))
 
 
-@pytest.mark.xfail(strict=True, reason="wwgan samples: --seed/--num need bounds (issue 19)")
 def test_samples_refuses_seeds_torch_cannot_take(script_inputs, tmp_path, capsys):
     for flag, value in (("seed", 2**64), ("num", 2**63)):
         argv = ["samples", script_inputs / "run", "--out", tmp_path / "g.png", f"--{flag}", value]

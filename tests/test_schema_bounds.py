@@ -7,6 +7,7 @@ would take."""
 import math
 
 import click
+import fixed_fake_critics
 import pytest
 import yaml
 
@@ -48,15 +49,28 @@ FEEDS = {
     "neighbours.num_queries": [(neighbours.cli, "num_queries")],
     "neighbours.num_candidates": [(neighbours.cli, "num_candidates")],
     "motivating_example.size": [(motivating_example.cli, "size")],
+    **{f"datasets.*.{name}": [_train(name)]
+       for name in ("iterations", "snapshot_every", "max_images")},
+    "fixed_fake.sources.*.seed": [_train("seed")],  # the run the pool is drawn from
+    "fixed_fake.pool.num_train": [(fixed_fake_critics.cli.commands["pool"], "num_train")],
+    "fixed_fake.pool.num_eval": [(fixed_fake_critics.cli.commands["pool"], "num_eval")],
+    "fixed_fake.groups.*.families.*.*": [(fixed_fake_critics.cli.commands["train"], "lams")],
+    "fixed_fake.groups.*.width": [(fixed_fake_critics.cli.commands["train"], "width")],
+    **{f"fixed_fake.{name}": [(fixed_fake_critics.cli.commands["train"], name)]
+       for name in ("steps", "batch_size", "num_images", "shift_images", "real_images")},
 }  # fmt: skip
 # Stricter in the schema on purpose (the option's range still holds the schema's): a
 # workflow run must train (iterations >= 1) and leave snapshots for the FID curves and
 # the critic probes (snapshot_every >= 1; 0 turns them off in `wwgan train`).
 STRICTER = {"train.iterations", "critic_runs.iterations", "train.snapshot_every",
-            "critic_runs.snapshot_every"}  # fmt: skip
+            "critic_runs.snapshot_every", "datasets.*.iterations",
+            "datasets.*.snapshot_every"}  # fmt: skip
 # numeric fields that reach no click option: the launcher's process count and the
 # OMP_NUM_THREADS of the jobs
-NOT_A_FLAG = {"train.nproc_per_node", "threads.train", "threads.eval"}
+NOT_A_FLAG = {"train.nproc_per_node", "threads.train", "threads.eval",
+              # a count n of critic seeds (--seed 0 .. n-1), and which snapshot file a
+              # fake pool is drawn from (its path, not a number, reaches the script)
+              "fixed_fake.groups.*.seeds", "fixed_fake.sources.*.iteration"}  # fmt: skip
 
 
 def _resolve(node: dict) -> dict:
