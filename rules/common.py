@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,7 @@ def load_settings(basedir: str | Path, config: dict) -> tuple[str, dict]:
     for dataset in used_datasets(settings):
         if dataset != "shapes" and dataset not in settings["data"]:
             raise SettingsError(f"data.{dataset}: no data root given for dataset {dataset}")
-    check_fixed_fake(settings)
+    check_fixed_fake(settings, base)
     return preset, settings
 
 
@@ -297,10 +298,51 @@ def fixed_fake_ablation_pairs(families) -> list[str]:
     return pairs
 
 
-def check_fixed_fake(settings: dict) -> None:
+def _trained_in(settings: dict, dataset: str, source: dict) -> bool:
+    return (
+        dataset in settings["datasets"]
+        and source["variant"] in dataset_variants(settings, dataset)
+        and source["seed"] in settings["seeds"]
+    )
+
+
+def drop_untrained_fixed_fake_sources(settings: dict, base: dict) -> None:
+    """A --config override that trains fewer runs than the preset (`variants=[wwgan]`,
+    `seeds=[0]`, `datasets=[cifar10]`) leaves out the fake pools drawn from runs it no
+    longer trains, and their critics, with a warning; the rest of the workflow runs.
+    A source the preset itself does not train stays an error (check_fixed_fake)."""
+    ff = settings.get("fixed_fake")
+    if not ff:
+        return
+    dropped = [
+        name
+        for name, source in ff["sources"].items()
+        if not _trained_in(settings, ff["dataset"], source)
+        and _trained_in(base, ff["dataset"], source)
+    ]
+    if not dropped:
+        return
+    print(
+        f"wwgan: warning: fixed_fake: no pool from {', '.join(dropped)}: its run is not "
+        "trained with these --config overrides, so its critics are left out",
+        file=sys.stderr,
+    )
+    sources = {k: v for k, v in ff["sources"].items() if k not in dropped}
+    groups = {}
+    for group, spec in ff["groups"].items():
+        kept = [s for s in spec.get("sources") or sources if s in sources]
+        if kept:
+            groups[group] = {**spec, "sources": kept} if spec.get("sources") else spec
+    settings["fixed_fake"] = {**ff, "sources": sources, "groups": groups} if groups else None
+
+
+def check_fixed_fake(settings: dict, base: dict | None = None) -> None:
     """What the schema cannot say: sources name trained FID runs and snapshots that exist,
     groups name known sources, and no family is in two width-equal groups of a source
-    (the tables pool a source's groups)."""
+    (the tables pool a source's groups). Sources that only a --config override left
+    untrained are dropped first (drop_untrained_fixed_fake_sources)."""
+    if base is not None and base.get("fixed_fake"):
+        drop_untrained_fixed_fake_sources(settings, base)
     ff = settings.get("fixed_fake")
     if not ff:
         return

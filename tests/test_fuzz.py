@@ -165,8 +165,11 @@ def test_corrupt_run_files_never_meet_a_traceback(
 
 # Hostile values of a numeric flag; huge valid counts are left out where they only make a
 # run long (each such flag is bounded or streams; see SLOW_WHEN_HUGE).
-SCRIPT_HOSTILE = ["nan", "inf", "-inf", "-1", "0", "1", "2.5", "1e300", str(2**31),
-                  str(2**63), str(2**64), "", "x"]  # fmt: skip
+# One value per class that found a bug (the suite's 15-minute budget; widen locally to
+# hunt): NaN, infinity, a negative, zero, a fraction, a huge float, a seed numpy cannot
+# take, one torch cannot take, and text.
+SCRIPT_HOSTILE = ["nan", "inf", "-1", "0", "2.5", "1e300", str(2**63), str(2**64),
+                  "x"]  # fmt: skip
 SLOW_WHEN_HUGE = {"num-samples", "ttur-samples", "num-queries", "num-candidates"}
 
 
@@ -384,7 +387,7 @@ def corrupt(data: bytes, name: str, draw) -> tuple[bytes, str]:
     return ("\n".join(lines) + "\n").encode(), f"{path} = {value!r}"
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(kind=st.sampled_from(sorted(FILE_KINDS)), data=st.data())
 def test_corrupt_result_files_never_meet_a_traceback(
     script_inputs, tmp_path_factory, capsys, kind, data

@@ -261,7 +261,7 @@ def test_fixed_fake_sources_must_be_trained_on_its_dataset():
     assert len(common.fixed_fake_shards(celeba)) == 140
 
 
-def test_a_dataset_sets_its_own_length_images_and_variants():
+def test_a_dataset_sets_its_own_length_images_and_variants(capsys):
     cpu = preset("cpu")
     assert common.dataset_variants(cpu, "celeba") == ["wgan-gp", "wwgan"]
     assert common.dataset_variants(cpu, "cifar10") == list(cpu["variants"])
@@ -283,9 +283,13 @@ def test_a_dataset_sets_its_own_length_images_and_variants():
     assert common.dataset_variants(subset, "celeba") == ["wgan-gp"]
     with pytest.raises(common.SettingsError, match="datasets.celeba.variants: none of them"):
         preset("cpu", variants=["wwgan-unit-mass"])
-    # a source whose run the subset drops is named, with what to do
-    with pytest.raises(common.SettingsError, match="early-wgan-gp.variant: wgan-gp is not trained"):
-        preset("cpu", variants=["wwgan"])
+    # a source whose run the subset no longer trains is left out, with its critics and a
+    # warning, and the rest plans; one the preset never trains stays an error (above)
+    subset = preset("cpu", variants=["wwgan"])
+    assert list(subset["fixed_fake"]["sources"]) == ["final-wwgan"]
+    assert {source for _, source, _, _ in common.fixed_fake_shards(subset)} == {"final-wwgan"}
+    assert "no pool from early-wgan-gp" in capsys.readouterr().err
+    assert preset("cpu", variants=["wgan-gp"], seeds=[1])["fixed_fake"] is None
 
 
 def test_the_cost_estimate_counts_the_fixed_fake_critics():
