@@ -1,5 +1,7 @@
 # Fixed-fake critics, paired seeds, one job per (seed, family) so every finished critic is
 # kept: WGAN-GP (lam 34) vs WWGAN intensity (lam 2.5) vs the Sobolev control (lam 2.5).
+# First make $W/pool-gp.npz with the pilot's first two commands (README, "Geometry or
+# strength?": `wwgan train ... --out $W/gen-gp`, then `fixed_fake_critics.py pool`).
 cd "$(git rev-parse --show-toplevel)"  # was /work/main
 git log -1 --format=%H
 P=".venv/bin/python"
