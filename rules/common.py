@@ -130,7 +130,8 @@ def load_settings(basedir: str | Path, config: dict) -> tuple[str, dict]:
     for dataset in used_datasets(settings):
         if dataset != "shapes" and dataset not in settings["data"]:
             raise SettingsError(f"data.{dataset}: no data root given for dataset {dataset}")
-    check_fixed_fake(settings, base)
+    drop_untrained_fixed_fake_sources(settings, base)
+    check_fixed_fake(settings)
     return preset, settings
 
 
@@ -312,7 +313,7 @@ def drop_untrained_fixed_fake_sources(settings: dict, base: dict) -> None:
     longer trains, and their critics, with a warning; the rest of the workflow runs.
     A source the preset itself does not train stays an error (check_fixed_fake)."""
     ff = settings.get("fixed_fake")
-    if not ff:
+    if not ff or not base.get("fixed_fake"):
         return
     dropped = [
         name
@@ -336,13 +337,10 @@ def drop_untrained_fixed_fake_sources(settings: dict, base: dict) -> None:
     settings["fixed_fake"] = {**ff, "sources": sources, "groups": groups} if groups else None
 
 
-def check_fixed_fake(settings: dict, base: dict | None = None) -> None:
+def check_fixed_fake(settings: dict) -> None:
     """What the schema cannot say: sources name trained FID runs and snapshots that exist,
     groups name known sources, and no family is in two width-equal groups of a source
-    (the tables pool a source's groups). Sources that only a --config override left
-    untrained are dropped first (drop_untrained_fixed_fake_sources)."""
-    if base is not None and base.get("fixed_fake"):
-        drop_untrained_fixed_fake_sources(settings, base)
+    (the tables pool a source's groups)."""
     ff = settings.get("fixed_fake")
     if not ff:
         return
@@ -392,13 +390,18 @@ def check_fixed_fake(settings: dict, base: dict | None = None) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+def cpu_width_exponent() -> float:
+    """The power of the width that CPU time follows through the two measured widths."""
+    (w_hi, t_hi), (w_lo, t_lo) = sorted(CPU_SECONDS_PER_ITERATION.items(), reverse=True)
+    return math.log(t_hi / t_lo) / math.log(w_hi / w_lo)
+
+
 def cpu_seconds_per_iteration(fields: dict) -> float:
     """Estimated CPU seconds of one generator iteration, scaled from the measured speeds
     by width (power law), pixels, batch size and critic steps."""
-    (w_hi, t_hi), (w_lo, t_lo) = sorted(CPU_SECONDS_PER_ITERATION.items(), reverse=True)
-    exponent = math.log(t_hi / t_lo) / math.log(w_hi / w_lo)
+    (w_hi, t_hi), _ = sorted(CPU_SECONDS_PER_ITERATION.items(), reverse=True)
     config = train_config(fields)
-    seconds = t_hi * (config.width / w_hi) ** exponent
+    seconds = t_hi * (config.width / w_hi) ** cpu_width_exponent()
     seconds *= (config.image_size / 32) ** 2 * config.batch_size / 64
     return seconds * (config.n_critic + 1) / 6
 
@@ -425,8 +428,7 @@ def estimate_cpu_seconds(settings: dict, plan: Plan) -> dict:
     parts = {"training": 0.0, "FID": 0.0, "fixed-fake critics": 0.0}
     if plan.critics:
         ff = settings["fixed_fake"]
-        (w_hi, t_hi), (w_lo, t_lo) = sorted(CPU_SECONDS_PER_ITERATION.items(), reverse=True)
-        exponent = math.log(t_hi / t_lo) / math.log(w_hi / w_lo)
+        exponent = cpu_width_exponent()
         size = settings["datasets"][ff["dataset"]]["image_size"]
         for steps, width, lams in plan.critics:
             step = CPU_SECONDS_PER_CRITIC_STEP * (width / 64) ** exponent * (size / 32) ** 2
