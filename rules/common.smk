@@ -257,6 +257,7 @@ FF_TARGETS = [
     *[f"{FF_FIGURES}/{kind}-{s}.md" for s in FF_TABLE_SOURCES for kind in ("table", "separation")],
     *[f"{FF_FIGURES}/dose-response-{s}.{ext}" for s in FF_TABLE_SOURCES for ext in ("png", "pdf")],
     *[f"{FF_FIGURES}/ablation-{s}.md" for s in FF_TABLE_SOURCES if ff_ablation_pairs(s)],
+    *([f"{FF_FIGURES}/verdict.md"] if FF_TABLE_SOURCES else []),
     *[
         f"{FF_FIGURES}/wide-{s}.md"
         for s in (FF.get("sources") or {})

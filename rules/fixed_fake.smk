@@ -94,6 +94,27 @@ rule fixed_fake_ablation:
         "--match lam_eff --out-md {output.md} --out-json {output.json} > {log} 2>&1"
 
 
+rule fixed_fake_verdict:
+    input:
+        [r for s in FF_TABLE_SOURCES for r in ff_results(s, FF_MAIN)],
+    output:
+        md=f"{FF_FIGURES}/verdict.md",
+        json=f"{FF_FIGURES}/verdict.json",
+    log:
+        f"{LOGS}/fixed_fake/verdict.log",
+    conda:
+        ENV
+    params:
+        results=lambda w, input: " ".join(f"--results {shlex.quote(p)}" for p in input),
+        reference=common.FIXED_FAKE_REFERENCE,
+    shell:
+        # geometry, strength or neither per pool, family and claim, by the rule the
+        # output states first; and the controls against their base family
+        'python "$SCRIPTS/fixed_fake_critics.py" verdict {params.results} '
+        "--reference {params.reference} --out-md {output.md} --out-json {output.json} "
+        "> {log} 2>&1"
+
+
 rule fixed_fake_wide:
     input:
         lambda w: ff_results(w.source, ("wide",)),

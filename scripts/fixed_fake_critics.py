@@ -435,7 +435,7 @@ def load_records(paths) -> list[dict]:
             raise WWGANError(f"{path}: not a result of `train` ({exc})") from exc
         if critics is None:
             raise WWGANError(f"{path}: not a result of `fixed_fake_critics.py train`")
-        records += [dict(r) for r in critics]
+        records += [dict(r, pool=str(payload.get("pool", ""))) for r in critics]
     several = len({r["steps"] for r in records}) > 1
     for r in records:
         r["setting"] = f"{r['family']}@{r['steps']}" if several else r["family"]
@@ -565,6 +565,196 @@ def build_tables(paths, reference="wgan-gp", pairs=(), match="lam_eff", max_rati
     paired = [row for s, r in chosen for row in paired_differences(records, s, r, match=match,
                                                                    max_ratio=max_ratio)]  # fmt: skip
     return dose_response(records), paired
+
+
+# -- the verdict: geometry, strength or neither, by a rule fixed before the full run --
+
+# The paper's claims, as (claim, the direction WWGAN should move the metric): Fig. 4 (the
+# WWGAN critic is continuous under shifts, WGAN-GP's oscillates) and Fig. 5 (WGAN-GP's
+# critic tells noisy from clean images, WWGAN's less), and the mechanism (less
+# high-frequency gradient energy).
+CLAIMS = {
+    "sign_changes": ("shift", -1),
+    "oscillation": ("shift", -1),
+    "abs_cohens_d": ("noise", -1),
+    "high_freq_share": ("mechanism", -1),
+}
+VERDICT_FAMILIES = ("wwgan-intensity", "wwgan-unit-mass")
+# "The same within a quarter of the effect": a control is equivalent to WWGAN when its
+# paired difference's 95% interval lies inside +-EQUIVALENCE_FRACTION of the WWGAN -
+# WGAN-GP effect on that metric (a two one-sided tests reading of the interval).
+EQUIVALENCE_FRACTION = 0.25
+VERDICT_RULE = f"""\
+Decision rule (fixed before the full run; `fixed_fake_critics.py verdict --help`):
+- *at matched strength*: WWGAN minus WGAN-GP, same seed, the WGAN-GP critic nearest in
+  measured lam_eff (within 2x), at each of WWGAN's lams. "yes" when at least half of these
+  levels have a 95% interval that excludes 0 in the claimed direction and none in the
+  other; "opposite" the same the other way; "mixed" when both occur; else "no".
+- *strength alone*: WGAN-GP's own dose-response over the lam_eff span WWGAN reaches
+  (x1/2 .. x2): per seed, the Spearman correlation of the metric with lam_eff; "yes" when
+  its 95% interval over seeds excludes 0 in the claimed direction (a stiffer WGAN-GP
+  penalty moves the metric the way WWGAN is claimed to).
+- verdict: **geometry** when matched strength says yes (WWGAN differs from WGAN-GP at the
+  same lam_eff); **strength** when it says no and strength alone says yes; **neither**
+  when both say no; "against the claim" and "mixed" as above.
+- controls, same pairing: a control is *equivalent* to WWGAN on a metric when every
+  level's interval lies within +-{EQUIVALENCE_FRACTION:g} x the WWGAN - WGAN-GP effect,
+  *differs* when an interval excludes 0, else *not distinguishable* (too wide to tell).
+"""
+
+
+def _compact(row: dict, metric: str) -> dict:
+    # the metric's interval holds n, the number of paired seeds
+    return dict(lam=row["lam"], lam_eff=row["lam_eff"], lam_eff_ratio=row["lam_eff_ratio"],
+                **row[metric])  # fmt: skip
+
+
+def matched_strength(records, setting, reference, metric, direction, max_ratio=2.0) -> dict:
+    """`setting` minus `reference` on `metric` at matched lam_eff, level by level
+    (`paired_differences`), read as yes / opposite / mixed / no (VERDICT_RULE)."""
+    rows = paired_differences(records, setting, reference, (metric,), "lam_eff", max_ratio)
+    signs = [np.sign(r[metric]["mean"]) * direction for r in rows if r[metric]["excludes_zero"]]
+    toward, against = signs.count(1), signs.count(-1)
+    if not rows:
+        answer = "untested"
+    elif toward and against:
+        answer = "mixed"
+    else:
+        answer = (
+            "yes" if 2 * toward >= len(rows) else "opposite" if 2 * against >= len(rows) else "no"
+        )
+    return dict(answer=answer, toward=toward, against=against, levels=len(rows),
+                rows=[_compact(r, metric) for r in rows])  # fmt: skip
+
+
+def _spearman(x, y) -> float:
+    """Spearman's rank correlation; 0 when either side is constant (no trend)."""
+    from scipy.stats import spearmanr
+
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    return float(spearmanr(x, y).statistic)
+
+
+def strength_alone(records, reference, metric, direction, lam_effs) -> dict:
+    """Whether `reference`'s metric moves with its own strength over the span of
+    `lam_effs` (x1/2 .. x2): per seed, Spearman's correlation of the metric with lam_eff
+    over the reference critics in the span (3 or more); mean and 95% t interval over the
+    seeds, read as yes (the claimed direction) / opposite / no."""
+    low, high = min(lam_effs) / 2, max(lam_effs) * 2
+    by_seed = {}
+    for r in records:
+        if r["setting"] == reference and low <= r["lam_eff"] <= high:
+            by_seed.setdefault(r["seed"], []).append(r)
+    rhos = [_spearman([r["lam_eff"] for r in group], [r[metric] for r in group])
+            for group in by_seed.values() if len(group) >= 3]  # fmt: skip
+    if len(rhos) < 2:
+        return dict(answer="untested", span=[low, high], n=len(rhos))
+    interval = _interval(rhos)
+    excludes = interval["half"] is not None and abs(interval["mean"]) > interval["half"]
+    sign = np.sign(interval["mean"]) * direction
+    answer = "no" if not excludes else "yes" if sign > 0 else "opposite"
+    return dict(answer=answer, span=[low, high], rho=interval)
+
+
+def verdict_label(at_matched: str, alone: str) -> str:
+    if at_matched == "yes":
+        return "geometry" + (" (strength also moves it)" if alone == "yes" else "")
+    if at_matched in ("opposite", "mixed"):
+        return {"opposite": "against the claim at matched strength",
+                "mixed": "mixed: the sign depends on the strength"}[at_matched]  # fmt: skip
+    if at_matched == "untested":
+        return "not tested (no WGAN-GP critic within 2x of its lam_eff)"
+    return "strength" if alone == "yes" else "neither"
+
+
+def control_reading(records, control, base, metric, effect) -> dict:
+    """`control` minus `base` at matched lam_eff on `metric`: equivalent (every interval
+    within +-EQUIVALENCE_FRACTION x |effect|), differs (an interval excludes 0), or not
+    distinguishable; `effect` is the WWGAN - WGAN-GP difference it is measured against."""
+    rows = paired_differences(records, control, base, (metric,), "lam_eff")
+    if not rows:
+        return dict(answer="untested", rows=[])
+    margin = EQUIVALENCE_FRACTION * abs(effect) if effect else None
+    if any(r[metric]["excludes_zero"] for r in rows):
+        answer = "differs"
+    elif margin and all(r[metric]["half"] is not None
+                        and abs(r[metric]["mean"]) + r[metric]["half"] < margin
+                        for r in rows):  # fmt: skip
+        answer = "equivalent"
+    else:
+        answer = "not distinguishable"
+    return dict(answer=answer, margin=margin, rows=[_compact(r, metric) for r in rows])
+
+
+# (control, the family it is compared with): the image's weighting (Sobolev: the same
+# Laplacian with a constant density), L~'s parts, and the scale control.
+CONTROLS = (
+    ("sobolev", "wwgan-intensity"),
+    *((f"wwgan-{scale}-{part}", f"wwgan-{scale}") for scale in ("intensity", "unit-mass")
+      for part in ("alpha0", f"alpha{LARGE_ALPHA:g}", "8nb")),
+)  # fmt: skip
+
+
+def verdicts(records, reference="wgan-gp") -> dict:
+    """The verdict of every (pool, WWGAN family, claim metric), and the controls' readings
+    against their base family, for the critics of `train` (VERDICT_RULE)."""
+    pools = {}
+    for r in records:
+        pools.setdefault(r.get("pool", ""), []).append(r)
+    claims, controls = [], []
+    for pool, group in sorted(pools.items()):
+        settings = {r["setting"] for r in group}
+        effects = {}
+        for family in (f for f in VERDICT_FAMILIES if f in settings and reference in settings):
+            for metric, (claim, direction) in CLAIMS.items():
+                at_matched = matched_strength(group, family, reference, metric, direction)
+                lam_effs = [r["lam_eff"] for r in group if r["setting"] == family]
+                alone = strength_alone(group, reference, metric, direction, lam_effs)
+                toward = [row["mean"] for row in at_matched["rows"] if row["excludes_zero"]]
+                effects[family, metric] = float(np.mean(toward)) if toward else None
+                claims.append(dict(pool=pool, family=family, claim=claim, metric=metric,
+                                   matched=at_matched, strength=alone,
+                                   verdict=verdict_label(at_matched["answer"], alone["answer"])))  # fmt: skip
+            if "wgan-gp-low-target" in settings:  # the scale control, as a reference
+                for metric, (_, direction) in CLAIMS.items():
+                    m = matched_strength(group, family, "wgan-gp-low-target", metric, direction)
+                    controls.append(dict(pool=pool, control=f"{family} vs wgan-gp-low-target",
+                                         metric=metric, answer=m["answer"], rows=m["rows"]))  # fmt: skip
+        for control, base in CONTROLS:
+            if control not in settings or base not in settings:
+                continue
+            for metric in CLAIMS:
+                reading = control_reading(group, control, base, metric, effects.get((base, metric)))
+                controls.append(dict(pool=pool, control=f"{control} vs {base}", metric=metric,
+                                     **reading))  # fmt: skip
+    return dict(rule=VERDICT_RULE, claims=claims, controls=controls)
+
+
+def verdict_markdown(result: dict) -> str:
+    def levels(rows):
+        return "; ".join(f"{r['lam_eff']:.3g}: {_cell(r)}{' *' if r['excludes_zero'] else ''}"
+                         for r in rows) or "none"  # fmt: skip
+
+    lines = [result["rule"], "| pool | family | claim | metric | at matched lam_eff (lam_eff: "
+             "difference; * excludes 0) | WGAN-GP alone: Spearman rho over seeds | verdict |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for c in result["claims"]:
+        alone = c["strength"]
+        rho = _cell(alone["rho"]) if "rho" in alone else "n/a"
+        lines.append(
+            f"| {Path(c['pool']).stem} | {c['family']} | {c['claim']} | {c['metric']} | "
+            f"{c['matched']['answer']} ({levels(c['matched']['rows'])}) | {alone['answer']} "
+            f"({rho}, lam_eff {alone['span'][0]:.3g}-{alone['span'][1]:.3g}) | **{c['verdict']}** |"
+        )
+    if result["controls"]:
+        lines += ["", "| pool | control | metric | paired difference at matched lam_eff | reading |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for c in result["controls"]:
+            margin = f" (margin +-{c['margin']:.3g})" if c.get("margin") else ""
+            lines.append(f"| {Path(c['pool']).stem} | {c['control']} | {c['metric']} | "
+                         f"{levels(c['rows'])} | {c['answer']}{margin} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------
@@ -755,6 +945,42 @@ def table_command(paths, reference, pairs, match, max_ratio, out_md, out_json):
         f.write(text)
     if out_json:
         write_json(dict(dose_response=dose, paired=paired, metrics=METRICS), out_json)
+    click.echo(text)
+
+
+@cli.command(
+    "verdict",
+    epilog="\b\nExample:\n  python scripts/fixed_fake_critics.py verdict --results "
+    "results/sweep.json --results results/ablation.json --out-md results/verdict.md",
+)
+@click.option(
+    "--results",
+    "paths",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="`train` output (repeat); critics of different pools are judged per pool.",
+)
+@click.option(
+    "--reference", default="wgan-gp", show_default=True, help="The strength-matched baseline."
+)
+@click.option("--out-md", required=True, type=click.Path(dir_okay=False))
+@click.option("--out-json", default=None, type=click.Path(dir_okay=False))
+def verdict_command(paths, reference, out_md, out_json):
+    """Geometry, strength or neither, for each claim and WWGAN family: paired differences
+    at matched lam_eff against WGAN-GP's own dose-response, by the rule printed at the
+    top of the output; and the controls (Sobolev, L~'s parts, the scale control)."""
+    refuse_overwriting_inputs([out_md, out_json], paths)
+    result = verdicts(load_records(paths), reference)
+    if not result["claims"]:
+        raise WWGANError(f"no {reference} critics beside a WWGAN family "
+                         f"({', '.join(VERDICT_FAMILIES)}) in the results")  # fmt: skip
+    text = verdict_markdown(result)
+    Path(out_md).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_md, "w") as f:
+        f.write(text)
+    if out_json:
+        write_json(result, out_json)
     click.echo(text)
 
 

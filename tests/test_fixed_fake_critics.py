@@ -274,6 +274,119 @@ def test_pairs_beyond_the_ratio_are_dropped_and_matching_on_another_column():
     assert len(rows) == 4
 
 
+# ------------------------------------------------ the verdict: rule applied to known answers
+
+
+def claim_records(value_of, families=("wgan-gp", "wwgan-intensity"), seeds=10, noise_sd=0.05,
+                  pool="pool.npz", rng_seed=1):  # fmt: skip
+    """Critics whose every metric is value_of(family, lam_eff) + a seed effect shared by
+    every family at that seed + independent noise, on the lam_eff grids of
+    synthetic_records, all from one pool."""
+    rng = np.random.default_rng(rng_seed)
+    seed_effect = rng.normal(0, 1.0, seeds)
+    records = []
+    for family in families:
+        grid = [1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0] if family.startswith("wgan-gp") \
+            else [1.0, 10.0, 100.0, 1000.0]  # fmt: skip
+        for lam_eff in grid:
+            for k in range(seeds):
+                value = value_of(family, lam_eff) + seed_effect[k] + rng.normal(0, noise_sd)
+                records.append(dict(family=family, setting=family, lam=lam_eff / 40, seed=k,
+                                    steps=10, lam_eff=lam_eff, pool=pool,
+                                    **{m: value for m in ffc.METRICS}))  # fmt: skip
+    return records
+
+
+def wwgan_minus(delta):
+    """WWGAN families `delta(lam_eff)` below WGAN-GP's constant 5."""
+    return lambda family, e: 5.0 - (delta(e) if family.startswith("wwgan") else 0.0)
+
+
+@pytest.mark.parametrize(
+    "value_of, verdict",
+    [
+        (wwgan_minus(lambda e: 1.0), "geometry"),  # lower at every strength, flat in it
+        (lambda f, e: 5.0 - math.log10(e), "strength"),  # one curve: strength explains it
+        (lambda f, e: 5.0, "neither"),
+        (wwgan_minus(lambda e: -1.0), "against the claim at matched strength"),
+        (
+            lambda f, e: 5.0 - math.log10(e) - f.startswith("wwgan"),
+            "geometry (strength also moves it)",
+        ),  # fmt: skip
+        (wwgan_minus(lambda e: 1.0 if e < 50 else -1.0), "mixed: the sign depends on the strength"),
+    ],
+)
+def test_verdict_rule_on_curves_with_a_known_answer(value_of, verdict):
+    result = ffc.verdicts(claim_records(value_of))
+    assert {c["metric"] for c in result["claims"]} == set(ffc.CLAIMS)
+    for claim in result["claims"]:
+        assert claim["verdict"] == verdict, claim
+        assert claim["matched"]["levels"] == 4  # every WWGAN lam found its WGAN-GP pair
+
+
+def test_verdict_is_per_pool_and_says_when_nothing_is_matched():
+    records = claim_records(wwgan_minus(lambda e: 1.0), pool="a.npz")
+    records += claim_records(lambda f, e: 5.0, pool="b.npz", rng_seed=2)
+    for r in records:
+        if r["pool"] == "b.npz" and r["family"] == "wwgan-intensity":
+            r["lam_eff"] *= 1e5  # no WGAN-GP critic within 2x
+    result = ffc.verdicts(records)
+    by_pool = {(c["pool"], c["verdict"]) for c in result["claims"]}
+    assert by_pool == {("a.npz", "geometry"),
+                       ("b.npz", "not tested (no WGAN-GP critic within 2x of its lam_eff)")}  # fmt: skip
+
+
+def test_controls_equivalent_different_or_too_wide_to_tell():
+    families = ("wgan-gp", "wwgan-intensity", "sobolev", "wwgan-intensity-alpha0",
+                "wwgan-intensity-8nb", "wgan-gp-low-target")  # fmt: skip
+    offset = {"sobolev": 0.0, "wwgan-intensity-alpha0": 0.5, "wwgan-intensity-8nb": 0.0}
+    records = claim_records(
+        lambda f, e: 5.0 - (f != "wgan-gp" and f != "wgan-gp-low-target") + offset.get(f, 0.0),
+        families=families,
+    )
+    rng = np.random.default_rng(3)
+    for r in records:
+        if r["family"] == "wwgan-intensity-8nb":  # noise far wider than the effect
+            for m in ffc.METRICS:
+                r[m] += rng.normal(0, 3.0)
+    result = ffc.verdicts(records)
+    readings = {(c["control"], c["metric"]): c for c in result["controls"]}
+    for metric in ffc.CLAIMS:
+        sobolev = readings["sobolev vs wwgan-intensity", metric]
+        assert sobolev["answer"] == "equivalent"
+        assert sobolev["margin"] == pytest.approx(0.25, rel=0.05)  # a quarter of the effect 1
+        assert readings["wwgan-intensity-alpha0 vs wwgan-intensity", metric]["answer"] == "differs"
+        assert readings["wwgan-intensity-8nb vs wwgan-intensity", metric]["answer"] == (
+            "not distinguishable"
+        )
+        # the scale control is WGAN-GP's curve: WWGAN is still lower against it
+        assert readings["wwgan-intensity vs wgan-gp-low-target", metric]["answer"] == "yes"
+
+
+def test_verdict_command_writes_the_rule_and_the_table(tmp_path, capsys):
+    results = tmp_path / "critics.json"
+    critics = claim_records(wwgan_minus(lambda e: 1.0), seeds=4)
+    for c in critics:
+        del c["setting"], c["pool"]  # as `train` writes them
+    results.write_text(json.dumps(dict(experiment="fixed-fake-critics", pool="pools/early.npz",
+                                       critics=critics)))  # fmt: skip
+    md, js = tmp_path / "verdict.md", tmp_path / "verdict.json"
+    code, _, err = invoke(capsys, "fixed_fake_critics", "verdict", "--results", results,
+                          "--out-md", md, "--out-json", js)  # fmt: skip
+    assert code == 0, err
+    text = md.read_text()
+    assert text.startswith("Decision rule") and "| early | wwgan-intensity | shift |" in text
+    assert text.count("| **geometry** |") == len(ffc.CLAIMS)
+    assert json.loads(js.read_text())["claims"][0]["matched"]["levels"] == 4
+    only_gp = tmp_path / "gp.json"
+    only_gp.write_text(json.dumps(dict(experiment="fixed-fake-critics", critics=[
+        c for c in critics if c["family"] == "wgan-gp"])))  # fmt: skip
+    code, _, err = invoke(capsys, "fixed_fake_critics", "verdict", "--results", only_gp,
+                          "--out-md", tmp_path / "v2.md")  # fmt: skip
+    assert "no wgan-gp critics beside a WWGAN family" in one_error_line(code, err)
+    assert not (tmp_path / "v2.md").exists()
+
+
 # ---------------------------------------------------------------- the commands end to end
 
 

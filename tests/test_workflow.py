@@ -445,6 +445,10 @@ def assert_cpu_plans_issue_21(out: str, counts: dict) -> None:
                         for part in ("alpha0", "alpha100", "8nb")} | {"sobolev", "wgan-gp-low-target"}  # fmt: skip
     assert counts["fixed_fake_table"] == 2 and counts["fixed_fake_figure"] == 2
     assert counts["fixed_fake_ablation"] == 1 and counts["fixed_fake_pool"] == 2
+    # one verdict over both pools' sweep and ablation critics (140 result files)
+    assert counts["fixed_fake_verdict"] == 1
+    verdict = re.search(r"fixed_fake_critics\.py\" verdict ((?:--results \S+ )+)", out)
+    assert verdict and len(verdict.group(1).split()) == 2 * 140
     for name in (
         "table-final-wwgan.md",
         "dose-response-early-wgan-gp.pdf",
