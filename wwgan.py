@@ -502,33 +502,10 @@ def make_shapes(n: int, image_size: int = 32, seed: int = 0, return_labels: bool
 
 
 # What torchvision's ImageFolder accepts, plus .webp/.tiff (any format PIL decodes).
-IMAGE_EXTENSIONS = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".ppm",
-    ".pgm",
-    ".pbm",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".webp",
-)
+IMAGE_EXTENSIONS = tuple(".jpg .jpeg .png .ppm .pgm .pbm .bmp .gif .tif .tiff .webp".split())
 # torchvision's CIFAR10.classes (from batches.meta): alphabetical, so the class index of an
 # image-folder copy in sorted folder order is the official label.
-CIFAR10_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
+CIFAR10_CLASSES = tuple("airplane automobile bird cat deer dog frog horse ship truck".split())
 # The 64x64 CelebA recipe (DCGAN/WGAN lineage, e.g. carpedm20/DCGAN-tensorflow): a centered
 # 108x108 crop of the 178x218 aligned image, resized to 64. We crop at the exact image
 # center (some code shifts the crop down a few pixels; the paper does not say) and scale the
