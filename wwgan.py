@@ -178,10 +178,7 @@ class TrainConfig:
         identity=True,
     )
     one_sided: bool = option(
-        False,
-        "max(0, norm - target)^2 for the W2 losses.",
-        flag="--one-sided",
-        identity=True,
+        False, "max(0, norm - target)^2 for the W2 losses.", flag="--one-sided", identity=True
     )
     density_at: str = option(
         "interpolate",
@@ -214,10 +211,7 @@ class TrainConfig:
         type=click.Choice(["", *DENSITY_SCALES]),
     )
     gamma: float = option(
-        1.0,
-        "wwgan-authors only: weight of ||g||^2.",
-        type=FiniteFloatRange(min=0),
-        identity=True,
+        1.0, "wwgan-authors only: weight of ||g||^2.", type=FiniteFloatRange(min=0), identity=True
     )
     optimizer: str = option(
         "fid",
@@ -268,10 +262,7 @@ class TrainConfig:
         "stop", "On a non-finite loss: stop, or skip the step.", type=click.Choice(["stop", "skip"])
     )
     max_images: int = option(
-        0,
-        "Use at most N training images (0: all).",
-        type=click.IntRange(0, 10**8),
-        identity=True,
+        0, "Use at most N training images (0: all).", type=click.IntRange(0, 10**8), identity=True
     )
     holdout: int = option(
         0,
