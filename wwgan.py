@@ -2445,20 +2445,14 @@ def run_cli(command: click.Command, argv=None, prog_name: str | None = None) -> 
     except WWGANError as exc:
         click.echo(f"wwgan: error: {exc}", err=True)
         sys.exit(1)
-    except (MemoryError, torch.OutOfMemoryError) as exc:
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        memory = isinstance(exc, (MemoryError, torch.OutOfMemoryError))
+        if not memory and "allocate" not in str(exc):  # allocating is the user's sizes, not a bug
+            raise
         detail = _reason(exc) if str(exc) else "MemoryError"
         click.echo(
             f"wwgan: error: out of memory ({detail}); use a smaller --batch-size, --width "
             f"or number of images",
-            err=True,
-        )
-        sys.exit(1)
-    except RuntimeError as exc:
-        if "allocate" not in str(exc):  # an allocation failure is the user's sizes, not a bug
-            raise
-        click.echo(
-            f"wwgan: error: out of memory ({_reason(exc)}); use a smaller --batch-size, "
-            f"--width or number of images",
             err=True,
         )
         sys.exit(1)
