@@ -16,6 +16,7 @@ one piece most users want is the Wasserstein-2 gradient penalty::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -504,8 +505,6 @@ CIFAR10_CLASSES = tuple("airplane automobile bird cat deer dog frog horse ship t
 # authors' released train.py instead used Resize(64) + CenterCrop(64), i.e. a centered
 # 178x178 crop: `--celeba-crop 178` reproduces that.
 CACHE_FORMAT_VERSION = 1
-
-
 HOLDOUT_SEED = 2019  # the permutation that picks the held-out slice of a training set
 
 
@@ -515,12 +514,9 @@ def load_dataset(config: TrainConfig) -> torch.Tensor:
 
 
 def _load_all(config: TrainConfig):
-    loaders = {
-        "shapes": _load_shapes,
-        "cifar10": load_cifar10,
-        "celeba": load_celeba,
-        "folder": load_image_folder,
-    }
+    loaders = dict(
+        shapes=_load_shapes, cifar10=load_cifar10, celeba=load_celeba, folder=load_image_folder
+    )
     return loaders[config.dataset](config)
 
 
@@ -647,13 +643,8 @@ def list_image_files(root: str | Path) -> ImageFiles:
     ignored; files without an image extension are skipped."""
     root = Path(root)
     if not root.is_dir():
-        what = (
-            "is a file, not a folder"
-            if root.exists()
-            else "is a broken symbolic link"
-            if root.is_symlink()
-            else "does not exist"
-        )
+        what = "is a broken symbolic link" if root.is_symlink() else "does not exist"
+        what = "is a file, not a folder" if root.exists() else what
         raise WWGANError(f"image folder {root} {what}; pass --data-root DIR")
     entries = sorted(
         os.path.join(root, name) for name in os.listdir(root) if not name.startswith(".")
@@ -761,11 +752,6 @@ def _cache_paths(cache_dir: Path, name: str, key: dict) -> tuple[Path, Path]:
     return cache_dir / f"{stem}.npy", cache_dir / f"{stem}.labels.npy"
 
 
-def _atomic_np_save(array: np.ndarray, path: Path) -> None:
-    with atomic_write(path) as f:
-        np.save(f, array, allow_pickle=False)
-
-
 def _read_cache(images_path: Path, labels_path: Path, with_labels: bool, shape_tail: tuple):
     """(images, labels) from a cache written by `_write_cache`, None when there is none;
     a damaged one is reported and ignored (it will be rebuilt)."""
@@ -789,9 +775,11 @@ def _read_cache(images_path: Path, labels_path: Path, with_labels: bool, shape_t
 def _write_cache(images_path: Path, labels_path: Path, images, labels) -> None:
     try:
         images_path.parent.mkdir(parents=True, exist_ok=True)
-        if labels is not None:  # labels first: the images file marks a complete cache
-            _atomic_np_save(labels, labels_path)
-        _atomic_np_save(images, images_path)
+        # labels first: the images file marks a complete cache
+        for array, path in ((labels, labels_path), (images, images_path)):
+            if array is not None:
+                with atomic_write(path) as f:
+                    np.save(f, array, allow_pickle=False)
     except OSError as exc:
         warn(
             f"could not write the decoded-image cache {images_path} ({exc.strerror or exc}); "
@@ -866,9 +854,7 @@ def _decode_listing(
         )
     skipped = list(listing.skipped) + [(p, "unreadable") for p, good in zip(paths, ok) if not good]
     if skipped:
-        counts = {}
-        for _, reason in skipped:
-            counts[reason] = counts.get(reason, 0) + 1
+        counts = collections.Counter(reason for _, reason in skipped)
         detail = ", ".join(f"{k} {reason}" for reason, k in counts.items())
         warn(
             f"skipped {len(skipped)} file(s) under {listing.root}: {detail} (e.g. {skipped[0][0]})"
@@ -1082,17 +1068,14 @@ def _download_celeba(root: Path, timeout: float) -> Path:
     zip_failed = [f for f in failed if f[2].endswith(".zip")]
     if zip_failed:
         fid, md5, name, reason = zip_failed[0]
-        optional = [f[2] for f in failed if f is not zip_failed[0]]
-        extra = (
-            f" (optional, not used for training: {', '.join(optional)} from the same Drive folder)"
-            if optional
-            else ""
-        )
+        optional = ", ".join(f[2] for f in failed if f is not zip_failed[0])
+        extra = f" (optional, not used for training: {optional} from the same Drive folder)"
         raise WWGANError(
             f"could not fetch CelebA from Google Drive ({reason}; Drive often serves a quota "
             f"or HTML page instead of the file, a known torchvision issue); by hand: download "
             f"{name} (https://drive.google.com/uc?id={fid}, md5 {md5}; or via "
-            f"https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, Img/) into {base}/{extra} and "
+            f"https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, Img/) into {base}/"
+            f"{extra if optional else ''} and "
             f"rerun `wwgan download celeba --root {root}`, which verifies the md5 and unpacks "
             f"it; or unzip it yourself so that {images_dir}/ holds the JPEGs"
         )
