@@ -875,9 +875,7 @@ def find_cifar10(root: str | Path) -> tuple[str, Path]:
     if (root / "cifar-10-batches-py").is_dir():
         return "torchvision", root
     for folder in (root / "train", root):
-        if folder.is_dir() and {p.name for p in folder.iterdir() if p.is_dir()} >= set(
-            CIFAR10_CLASSES
-        ):
+        if folder.is_dir() and all((folder / name).is_dir() for name in CIFAR10_CLASSES):
             return "folder", folder
     raise WWGANError(
         f"CIFAR-10 not found: expected {root / 'cifar-10-batches-py'} (torchvision) "
@@ -959,11 +957,6 @@ def load_celeba(config: TrainConfig):
     """Aligned CelebA faces: a centered square crop of celeba_crop/178 of the image width
     (108x108 of 178x218, 54x54 of a half-resolution 89x109 copy), resized to image_size
     (64 in the paper). No labels."""
-    if not 1 <= config.celeba_crop <= CELEBA_REFERENCE_WIDTH:
-        raise WWGANError(
-            f"celeba_crop must be in 1..{CELEBA_REFERENCE_WIDTH} (pixels of the "
-            f"178x218 aligned image), got {config.celeba_crop}"
-        )
     listing = list_image_files(find_celeba(config.data_root))
     images, _ = load_image_files(
         config, listing, "celeba", crop_fraction=config.celeba_crop / CELEBA_REFERENCE_WIDTH
@@ -1194,16 +1187,6 @@ def _edge_slices(dy: int, dx: int, height: int, width: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _inverse_normalized_degree_cpu(height: int, width: int, neighborhood: int) -> torch.Tensor:
-    degree = torch.zeros(height, width, dtype=torch.float64)
-    for dy, dx, w in NEIGHBOR_OFFSETS[neighborhood]:
-        a, b = _edge_slices(dy, dx, height, width)
-        degree[a] += w
-        degree[b] += w
-    # d_i = deg_i / sum_k deg_k (Supp. App. B, "normalized volume form"), per channel graph.
-    return degree.sum() / degree
-
-
 def inverse_normalized_degree(
     height: int, width: int, neighborhood: int = 4, device=None, dtype=torch.float32
 ) -> torch.Tensor:
@@ -1211,20 +1194,15 @@ def inverse_normalized_degree(
     of all weighted degrees of the grid graph (Def. 10's d_i). Shape (H, W)."""
     if height * width < 2:
         raise ValueError("the pixel graph needs at least two pixels")
-    return _inverse_normalized_degree_on(
-        height, width, neighborhood, torch.device(device or "cpu"), dtype
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _inverse_normalized_degree_on(
-    height: int, width: int, neighborhood: int, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
+    degree = torch.zeros(height, width, dtype=torch.float64)
+    for dy, dx, w in NEIGHBOR_OFFSETS[neighborhood]:
+        a, b = _edge_slices(dy, dx, height, width)
+        degree[a] += w
+        degree[b] += w
+    # d_i = deg_i / sum_k deg_k (Supp. App. B, "normalized volume form"), per channel graph.
     # Cached per device: a host-to-device copy in every penalty would block the host until
     # the GPU has drained its queue (a pageable copy synchronizes), once per critic step.
-    return _inverse_normalized_degree_cpu(height, width, neighborhood).to(
-        device=device, dtype=dtype
-    )
+    return (degree.sum() / degree).to(device=torch.device(device or "cpu"), dtype=dtype)
 
 
 def laplacian_quadratic_form(
