@@ -1696,25 +1696,19 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
                     stream = np.random.SeedSequence([config.seed, ctx.rank, state.iteration])
                     seed_everything(int(stream.generate_state(1)[0]))
                 ids = [device.index] if device.type == "cuda" else None
-                generator_ddp, critic_ddp = (
-                    DDP(generator, device_ids=ids),
-                    DDP(critic, device_ids=ids),
-                )
+                generator_ddp, critic_ddp = (DDP(m, device_ids=ids) for m in (generator, critic))
             else:
                 generator_ddp, critic_ddp = generator, critic
             generator_fast, critic_fast = step_models(config, generator_ddp, critic)
 
             if ctx.is_main:
-                params = (
-                    sum(p.numel() for p in generator.parameters()),
-                    sum(p.numel() for p in critic.parameters()),
-                )
+                params = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (generator, critic)]
                 click.echo(
                     f"wwgan train: {LOSS_NAMES[config.loss]} on {config.dataset} "
                     f"{config.image_size}x{config.image_size} ({len(images)} images), device "
                     f"{device}{f' x{ctx.world_size}' if ctx.world_size > 1 else ''}, width "
-                    f"{config.width}: generator {params[0] / 1e6:.2f}M + critic "
-                    f"{params[1] / 1e6:.2f}M parameters; iteration {state.iteration} of "
+                    f"{config.width}: generator {params[0]:.2f}M + critic "
+                    f"{params[1]:.2f}M parameters; iteration {state.iteration} of "
                     f"{config.iterations}, writing to {run.out}"
                 )
             bar = tqdm(
