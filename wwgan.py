@@ -162,12 +162,8 @@ class TrainConfig:
     channels: int = option(3, "", identity=True, cli=False)
     loss: str = option("wwgan", "Gradient penalty.", identity=True, type=click.Choice(LOSSES))
     iterations: int = option(100_000, "Generator iterations.", type=click.IntRange(min=0))
-    batch_size: int = option(
-        64,
-        "",
-        identity=True,
-        type=click.IntRange(2, 2**16),  # the generator's BatchNorm needs 2 samples
-    )
+    # batch_size >= 2: the generator's BatchNorm needs 2 samples
+    batch_size: int = option(64, "", identity=True, type=click.IntRange(2, 2**16))
     n_critic: int = option(
         5, "Critic updates per generator update.", type=click.IntRange(min=1), identity=True
     )
