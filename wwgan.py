@@ -40,7 +40,9 @@ from typing import Any
 import click
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 # fmt: off
@@ -670,8 +672,6 @@ def _convert_mode(img, mode: str):
     if img.mode in ("P", "PA"):  # palette transparency converts cleanly only via RGBA
         img = img.convert("RGBA")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale PNG: keep the top byte
-        from PIL import Image
-
         img = Image.fromarray(np.clip(np.asarray(img) / 256, 0, 255).astype(np.uint8))
     return img.convert(mode)
 
@@ -688,8 +688,6 @@ def decode_image(
     The crop box may be fractional (PIL resamples it exactly, no rounding of the center).
     Large JPEGs are decoded at a reduced DCT scale (draft mode) that keeps the crop at
     least `size` pixels wide."""
-    from PIL import Image, ImageOps
-
     with Image.open(path) as img:
         w, h = img.size
         side = min(w, h) * crop_fraction
@@ -882,8 +880,6 @@ def find_cifar10(root: str | Path) -> tuple[str, Path]:
 
 def _resize_array_images(images_nhwc: np.ndarray, size: int, channels: int) -> np.ndarray:
     """uint8 (N, H, W, 3) -> uint8 (N, C, size, size) through the same PIL path as files."""
-    from PIL import Image
-
     n, h, w, _ = images_nhwc.shape
     if (h, w) == (size, size) and channels == 3:
         return np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))
@@ -1583,8 +1579,6 @@ def init_distributed(device: torch.device) -> tuple[DistributedContext, torch.de
     """Join the process group that `torchrun` describes (WORLD_SIZE > 1 in the
     environment): NCCL with the GPU of LOCAL_RANK on CUDA, gloo on CPU. A group the caller
     already opened is used as is. One process: (DistributedContext(), device)."""
-    import torch.distributed as dist
-
     joined = dist.is_available() and dist.is_initialized()
     if not joined and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistributedContext(), device
@@ -1602,8 +1596,6 @@ def _mean_over_ranks(terms: dict, ctx: DistributedContext) -> dict:
     fall out of step with the others)."""
     if ctx.world_size == 1:
         return terms
-    import torch.distributed as dist
-
     names = sorted(terms)
     values = torch.stack([terms[name].float().reshape(()) for name in names])
     dist.all_reduce(values)
@@ -1770,8 +1762,6 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
                     run.save_checkpoint(state)
     finally:
         if ctx.owns_group:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
     return state
 
@@ -1908,8 +1898,6 @@ class RunDir:
             if not _is_interval(state.iteration, self.config.log_every):
                 self.checkpoint_due = False
                 return
-            import torch.distributed as dist
-
             tensor = torch.tensor(flags, device=self.device)
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
             flags = tensor.tolist()
@@ -2347,8 +2335,6 @@ def write_sample_grid(
     run_dir: str | Path, out: str | Path, num: int = 64, seed: int = 0, device="cpu"
 ) -> Path:
     """An 8x8 grid of samples of a run's latest generator, saved as PNG."""
-    from PIL import Image
-
     out = Path(out)
     image_format = Image.registered_extensions().get(out.suffix.lower())
     if image_format is None:
