@@ -1443,23 +1443,15 @@ def gradient_penalty(
 
 
 def make_optimizers(config: TrainConfig, generator: nn.Module, critic: nn.Module):
-    betas = (config.beta1, config.beta2)
-    return (
-        torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas),
-        torch.optim.Adam(critic.parameters(), lr=config.lr, betas=betas),
-    )
+    adam = functools.partial(torch.optim.Adam, lr=config.lr, betas=(config.beta1, config.beta2))
+    return adam(generator.parameters()), adam(critic.parameters())
 
 
 def penalty_settings(config: TrainConfig) -> dict:
     """The keyword arguments of `gradient_penalty` that a TrainConfig sets."""
-    names = ("loss", "lam", "one_sided", "density_at", "alpha", "neighborhood", "gamma")
-    return dict(
-        {name: getattr(config, name) for name in names},
-        target=config.lipschitz_target,
-        compiled=config.compile,
-        density_scale=config.density_scale,
-        lam_follows=config.lam_follows,
-    )
+    names = "loss lam one_sided density_at alpha neighborhood gamma density_scale lam_follows"
+    settings = {name: getattr(config, name) for name in names.split()}
+    return dict(settings, target=config.lipschitz_target, compiled=config.compile)
 
 
 def critic_objective(config: TrainConfig, critic, real, fake, eps=None):
@@ -1554,10 +1546,8 @@ def step_models(config: TrainConfig, *modules: nn.Module) -> tuple:
     (aot_autograd) does not support double backward."""
     if not config.compile:
         return modules
-    views = {}
-    for module in modules:
-        if id(module) not in views:
-            views[id(module)] = torch.compile(module)
+    views = {id(module): module for module in modules}
+    views = {key: torch.compile(module) for key, module in views.items()}
     return tuple(views[id(module)] for module in modules)
 
 
@@ -1854,10 +1844,8 @@ class RunDir:
         if checkpoint is not None:
             check_resumable(checkpoint, config, source)
             try:
-                state.generator.load_state_dict(checkpoint["generator"])
-                state.critic.load_state_dict(checkpoint["critic"])
-                state.generator_opt.load_state_dict(checkpoint["generator_opt"])
-                state.critic_opt.load_state_dict(checkpoint["critic_opt"])
+                for name in ("generator", "critic", "generator_opt", "critic_opt"):
+                    getattr(state, name).load_state_dict(checkpoint[name])
                 state.iteration = self._checkpointed_at = int(checkpoint["iteration"])
                 state.train_seconds = float(checkpoint["train_seconds"])
                 set_rng_state(checkpoint["rng"])
@@ -1907,12 +1895,11 @@ class RunDir:
         name = (
             signal.Signals(self._signals[0]).name if self._signals else "a signal on another rank"
         )
-        path = self.checkpoint_path
         if self.ctx.is_main and self._checkpointed_at != state.iteration:
             self.save_checkpoint(state)  # refuses non-finite weights
         raise TrainingInterrupted(
             f"stopped by {name} after iteration {state.iteration} of {self.config.iterations}: "
-            f"checkpoint {path}; rerun the same command to resume"
+            f"checkpoint {self.checkpoint_path}; rerun the same command to resume"
         )
 
     def log(self, state: TrainState, terms: dict) -> None:
@@ -2428,10 +2415,9 @@ def train_options(command):
 
 @click.group(
     context_settings=dict(help_option_names=["-h", "--help"]),
-    epilog="Evaluation, figures and the results table: python scripts/NAME.py "
-    "--help (fid, swd, image_w2, critic_probes, neighbours, "
-    "motivating_example, figures, table); benchmarks: python "
-    "benchmarks/bench.py --help.",
+    epilog="Evaluation, figures and the results table: python scripts/NAME.py --help (fid, swd, "
+    "image_w2, critic_probes, neighbours, motivating_example, figures, table); benchmarks: "
+    "python benchmarks/bench.py --help.",
 )
 def cli():
     """wwgan: WGAN-GP, LP and the Wasserstein-2 (WWGAN) gradient penalty."""
