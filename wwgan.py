@@ -496,12 +496,6 @@ IMAGE_EXTENSIONS = tuple(".jpg .jpeg .png .ppm .pgm .pbm .bmp .gif .tif .tiff .w
 # torchvision's CIFAR10.classes (from batches.meta): alphabetical, so the class index of an
 # image-folder copy in sorted folder order is the official label.
 CIFAR10_CLASSES = tuple("airplane automobile bird cat deer dog frog horse ship truck".split())
-# The 64x64 CelebA recipe (DCGAN/WGAN lineage, e.g. carpedm20/DCGAN-tensorflow): a centered
-# 108x108 crop of the 178x218 aligned image, resized to 64. We crop at the exact image
-# center (some code shifts the crop down a few pixels; the paper does not say) and scale the
-# crop with the image width, so half-resolution copies get the same field of view. The
-# authors' released train.py instead used Resize(64) + CenterCrop(64), i.e. a centered
-# 178x178 crop: `--celeba-crop 178` reproduces that.
 CACHE_FORMAT_VERSION = 1
 HOLDOUT_SEED = 2019  # the permutation that picks the held-out slice of a training set
 
@@ -946,9 +940,12 @@ def find_celeba(root: str | Path) -> Path:
 
 
 def load_celeba(config: TrainConfig):
-    """Aligned CelebA faces: a centered square crop of celeba_crop/178 of the image width
-    (108x108 of 178x218, 54x54 of a half-resolution 89x109 copy), resized to image_size
-    (64 in the paper). No labels."""
+    """Aligned CelebA faces by the 64x64 recipe of the DCGAN/WGAN lineage (e.g.
+    carpedm20/DCGAN-tensorflow): a square crop of celeba_crop/178 of the image width at the
+    exact image center (some code shifts it down a few pixels; the paper does not say),
+    108x108 of 178x218 or 54x54 of a half-resolution 89x109 copy (the same field of view),
+    resized to image_size (64 in the paper). No labels. The authors' released train.py used
+    Resize(64) + CenterCrop(64), a centered 178x178 crop: `--celeba-crop 178` reproduces it."""
     listing = list_image_files(find_celeba(config.data_root))
     images, _ = load_image_files(
         config, listing, "celeba", crop_fraction=config.celeba_crop / CELEBA_REFERENCE_WIDTH
