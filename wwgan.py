@@ -159,7 +159,6 @@ class TrainConfig:
         "Model resolution [default: 32, or 64 for celeba].",
         identity=True,
         type=click.IntRange(min=1),
-        show_default=False,
     )
     channels: int = option(3, "", identity=True, cli=False)
     loss: str = option("wwgan", "Gradient penalty.", identity=True, type=click.Choice(LOSSES))
@@ -223,7 +222,6 @@ class TrainConfig:
         "Learning rate [default: the --optimizer preset's].",
         identity=True,
         type=FiniteFloatRange(0, 10, min_open=True),  # Adam's float32 state overflows far above
-        show_default=False,
     )
     beta1: float = option(None, "", identity=True, cli=False, type=FiniteFloatRange(0, 1))
     beta2: float = option(None, "", identity=True, cli=False, type=FiniteFloatRange(0, 1))
@@ -276,7 +274,6 @@ class TrainConfig:
         "Where decoded image folders are cached as uint8 arrays ('' disables) "
         "[default: $WWGAN_CACHE_DIR, else data/cache].",
         type=click.Path(),
-        show_default=False,
     )
     celeba_crop: int = option(
         108,
@@ -296,9 +293,8 @@ class TrainConfig:
     )
     compile: bool = option(
         False,
-        "torch.compile the generator, the generator step's critic "
-        "and the W2 quadratic form (the penalty's critic stays eager: "
-        "torch.compile has no double backward).",
+        "torch.compile the generator, the generator step's critic and the W2 quadratic form "
+        "(the penalty's critic stays eager: torch.compile has no double backward).",
         flag="--compile/--no-compile",
     )
 
@@ -316,7 +312,7 @@ class TrainConfig:
         if isinstance(self.neighborhood, str) and self.neighborhood.isdigit():
             object.__setattr__(self, "neighborhood", int(self.neighborhood))
         problems = [_field_problem(f, getattr(self, f.name)) for f in dataclasses.fields(self)]
-        min_width = _min_width(self.image_size) if self.image_size in SUPPORTED_IMAGE_SIZES else 1
+        min_width = _min_width(self.image_size)
         checks = [
             (
                 self.dataset in DATASETS,
@@ -371,10 +367,9 @@ def select_device(name: str = "auto") -> torch.device:
     """CUDA when available unless the user names a device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
+    device = None
+    with contextlib.suppress(RuntimeError):
         device = torch.device(name)
-    except RuntimeError:
-        device = None
     if device is None or device.type not in ("cpu", "cuda", "mps"):  # meta, xla, ... cannot train
         raise WWGANError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -866,9 +861,8 @@ def find_cifar10(root: str | Path) -> tuple[str, Path]:
         if folder.is_dir() and all((folder / name).is_dir() for name in CIFAR10_CLASSES):
             return "folder", folder
     raise WWGANError(
-        f"CIFAR-10 not found: expected {root / 'cifar-10-batches-py'} (torchvision) "
-        f"or {root / 'train'}/<class>/*.jpg; fetch it with "
-        f"`wwgan download cifar10 --root {root}`"
+        f"CIFAR-10 not found: expected {root / 'cifar-10-batches-py'} (torchvision) or "
+        f"{root / 'train'}/<class>/*.jpg; fetch it with `wwgan download cifar10 --root {root}`"
     )
 
 
@@ -1050,22 +1044,20 @@ def _download_celeba(root: Path, timeout: float) -> Path:
     zip_failed = [f for f in failed if f[2].endswith(".zip")]
     if zip_failed:
         fid, md5, name, reason = zip_failed[0]
-        optional = ", ".join(f[2] for f in failed if f is not zip_failed[0])
-        extra = f" (optional, not used for training: {optional} from the same Drive folder)"
+        others = ", ".join(f[2] for f in failed if f is not zip_failed[0])
+        note = others and f" (optional, not used for training: {others} from the same Drive folder)"
         raise WWGANError(
             f"could not fetch CelebA from Google Drive ({reason}; Drive often serves a quota "
             f"or HTML page instead of the file, a known torchvision issue); by hand: download "
             f"{name} (https://drive.google.com/uc?id={fid}, md5 {md5}; or via "
-            f"https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, Img/) into {base}/"
-            f"{extra if optional else ''} and "
+            f"https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, Img/) into {base}/{note} and "
             f"rerun `wwgan download celeba --root {root}`, which verifies the md5 and unpacks "
             f"it; or unzip it yourself so that {images_dir}/ holds the JPEGs"
         )
     if failed:
         warn(
-            f"could not fetch CelebA annotation file(s) "
-            f"{', '.join(f[2] for f in failed)} into {base} (not needed for training): "
-            f"{failed[0][3]}"
+            f"could not fetch CelebA annotation file(s) {', '.join(f[2] for f in failed)} into "
+            f"{base} (not needed for training): {failed[0][3]}"
         )
     if not have_images:
         tv_utils.extract_archive(str(base / "img_align_celeba.zip"), str(base))
@@ -2393,7 +2385,7 @@ def train_options(command):
     """One `wwgan train` option per TrainConfig field, from the field's metadata (help,
     click type, flag name); fields with `cli=False` are left out. Options whose default
     depends on other flags (image size, learning rate) have none here."""
-    derived = {"out", "image_size", "lr", "cache_dir"}  # resolved by TrainConfig
+    derived = {"out", "image_size", "lr", "cache_dir"}  # resolved by TrainConfig: no default shown
     for f in reversed(dataclasses.fields(TrainConfig)):
         settings = dict(f.metadata)
         settings.pop("identity")
