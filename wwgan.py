@@ -170,10 +170,7 @@ class TrainConfig:
     )
     lam: float = option(10.0, "Penalty weight lambda.", type=FiniteFloatRange(min=0), identity=True)
     lipschitz_target: float = option(
-        1.0,
-        "The 1 in (||grad f|| - 1)^2.",
-        type=FiniteFloatRange(min=0, min_open=True),
-        identity=True,
+        1.0, "The 1 in (||grad f|| - 1)^2.", type=FiniteFloatRange(0, min_open=True), identity=True
     )
     one_sided: bool = option(
         False, "max(0, norm - target)^2 for the W2 losses.", flag="--one-sided", identity=True
@@ -302,10 +299,10 @@ class TrainConfig:
         # Defaults that depend on other fields are resolved here, so that Python callers
         # and the CLI get the same run: CelebA at 64 px, the Adam preset's lr and betas.
         resolved = dict(
+            OPTIMIZER_PRESETS.get(self.optimizer, {}),
             image_size=64 if self.dataset == "celeba" else 32,
             cache_dir=os.environ.get("WWGAN_CACHE_DIR", "data/cache"),
         )
-        resolved.update(OPTIMIZER_PRESETS.get(self.optimizer, {}))
         for name, value in resolved.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
@@ -501,9 +498,10 @@ def load_dataset(config: TrainConfig) -> torch.Tensor:
 
 
 def _load_all(config: TrainConfig):
-    loaders = dict(
-        shapes=_load_shapes, cifar10=load_cifar10, celeba=load_celeba, folder=load_image_folder
-    )
+    if config.dataset == "shapes":
+        n = config.max_images or DATASET_SIZES["shapes"]
+        return make_shapes(n, config.image_size, seed=1234, return_labels=True)
+    loaders = dict(cifar10=load_cifar10, celeba=load_celeba, folder=load_image_folder)
     return loaders[config.dataset](config)
 
 
@@ -578,11 +576,6 @@ def _official_test_split(config: TrainConfig):
         return None
     images, labels = load_image_files(config, list_image_files(folder), "cifar10-test")
     return images, labels, f"CIFAR-10 test split ({len(images)} images, {folder})"
-
-
-def _load_shapes(config: TrainConfig):
-    n = config.max_images or DATASET_SIZES["shapes"]
-    return make_shapes(n, config.image_size, seed=1234, return_labels=True)
 
 
 def subset_indices(n: int, max_images: int, seed: int = 0) -> np.ndarray:
@@ -1509,14 +1502,12 @@ def gpu_performance_flags(device: torch.device, tf32: bool = True, cudnn_benchma
     """On CUDA: allow TF32 in matmuls and convolutions (the models; the quadratic form has
     neither and stays float32) and let cuDNN autotune, restoring the global flags on exit
     so that nothing leaks out of train(). CPU: nothing changes."""
-    if device.type != "cuda":
-        yield
-        return
     flags = (
         (torch.backends.cuda.matmul, "allow_tf32", tf32),
         (torch.backends.cudnn, "allow_tf32", tf32),
         (torch.backends.cudnn, "benchmark", cudnn_benchmark),
     )
+    flags = flags if device.type == "cuda" else ()
     previous = [getattr(owner, name) for owner, name, _ in flags]
     for owner, name, value in flags:
         setattr(owner, name, value)
