@@ -1572,9 +1572,7 @@ def _mean_over_ranks(terms: dict, ctx: DistributedContext) -> dict:
     return dict(zip(names, (values / ctx.world_size).unbind()))
 
 
-# ----------------------------------------------------------------------------------------
-# the training loop (Algorithm 1)
-# ----------------------------------------------------------------------------------------
+# -- the training loop --
 
 
 @dataclass
@@ -1762,11 +1760,10 @@ class RunDir:
     """A training run's directory OUT, and everything that keeps it safe, for train():
 
     - one trainer per directory: an flock on OUT/.lock (see claim_run_dir);
-    - signals: within `with run:` STOP_SIGNALS only ask to stop; `stop_if_requested`
-      then checkpoints the last finished iteration and raises TrainingInterrupted (exit
-      EXIT_STOPPED), and a second signal changes nothing;
-    - checkpoints written atomically with the previous copy kept (`.prev.pt`), read back
-      with a fallback to it; resume restores weights, optimizers, iteration and RNGs;
+    - signals: within `with run:` STOP_SIGNALS only ask to stop (`stop_requests`);
+      `stop_if_requested` then checkpoints and raises TrainingInterrupted (EXIT_STOPPED);
+    - checkpoints written atomically with the previous copy kept (`.prev.pt`) as a
+      fallback; `resume` restores everything they hold;
     - metrics.jsonl rows (the source of truth; with config.tensorboard also TensorBoard
       events), trimmed on resume to the checkpoint's iteration so no row is doubled;
     - a checkpoint also every config.checkpoint_minutes of wall clock;
