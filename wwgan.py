@@ -1110,12 +1110,9 @@ class Generator(nn.Module):
         )
         blocks, c_in = [], width
         for _ in range(stages - 1):
-            blocks += [
-                nn.ConvTranspose2d(c_in, c_in // 2, 2, stride=2),
-                nn.BatchNorm2d(c_in // 2),
-                nn.ReLU(True),
-            ]
-            c_in //= 2
+            half = c_in // 2
+            blocks += [nn.ConvTranspose2d(c_in, half, 2, 2), nn.BatchNorm2d(half), nn.ReLU(True)]
+            c_in = half
         blocks += [nn.ConvTranspose2d(c_in, channels, 2, stride=2), nn.Tanh()]
         self.main = nn.Sequential(*blocks)
         self.width, self.latent_dim = width, latent_dim
