@@ -16,6 +16,7 @@ one piece most users want is the Wasserstein-2 gradient penalty::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -39,7 +40,9 @@ from typing import Any
 import click
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 # fmt: off
@@ -156,32 +159,21 @@ class TrainConfig:
         "Model resolution [default: 32, or 64 for celeba].",
         identity=True,
         type=click.IntRange(min=1),
-        show_default=False,
     )
     channels: int = option(3, "", identity=True, cli=False)
     loss: str = option("wwgan", "Gradient penalty.", identity=True, type=click.Choice(LOSSES))
     iterations: int = option(100_000, "Generator iterations.", type=click.IntRange(min=0))
-    batch_size: int = option(
-        64,
-        "",
-        identity=True,
-        type=click.IntRange(2, 2**16),  # the generator's BatchNorm needs 2 samples
-    )
+    # batch_size >= 2: the generator's BatchNorm needs 2 samples
+    batch_size: int = option(64, "", identity=True, type=click.IntRange(2, 2**16))
     n_critic: int = option(
         5, "Critic updates per generator update.", type=click.IntRange(min=1), identity=True
     )
     lam: float = option(10.0, "Penalty weight lambda.", type=FiniteFloatRange(min=0), identity=True)
     lipschitz_target: float = option(
-        1.0,
-        "The 1 in (||grad f|| - 1)^2.",
-        type=FiniteFloatRange(min=0, min_open=True),
-        identity=True,
+        1.0, "The 1 in (||grad f|| - 1)^2.", type=FiniteFloatRange(0, min_open=True), identity=True
     )
     one_sided: bool = option(
-        False,
-        "max(0, norm - target)^2 for the W2 losses.",
-        flag="--one-sided",
-        identity=True,
+        False, "max(0, norm - target)^2 for the W2 losses.", flag="--one-sided", identity=True
     )
     density_at: str = option(
         "interpolate",
@@ -214,10 +206,7 @@ class TrainConfig:
         type=click.Choice(["", *DENSITY_SCALES]),
     )
     gamma: float = option(
-        1.0,
-        "wwgan-authors only: weight of ||g||^2.",
-        type=FiniteFloatRange(min=0),
-        identity=True,
+        1.0, "wwgan-authors only: weight of ||g||^2.", type=FiniteFloatRange(min=0), identity=True
     )
     optimizer: str = option(
         "fid",
@@ -230,7 +219,6 @@ class TrainConfig:
         "Learning rate [default: the --optimizer preset's].",
         identity=True,
         type=FiniteFloatRange(0, 10, min_open=True),  # Adam's float32 state overflows far above
-        show_default=False,
     )
     beta1: float = option(None, "", identity=True, cli=False, type=FiniteFloatRange(0, 1))
     beta2: float = option(None, "", identity=True, cli=False, type=FiniteFloatRange(0, 1))
@@ -268,10 +256,7 @@ class TrainConfig:
         "stop", "On a non-finite loss: stop, or skip the step.", type=click.Choice(["stop", "skip"])
     )
     max_images: int = option(
-        0,
-        "Use at most N training images (0: all).",
-        type=click.IntRange(0, 10**8),
-        identity=True,
+        0, "Use at most N training images (0: all).", type=click.IntRange(0, 10**8), identity=True
     )
     holdout: int = option(
         0,
@@ -286,7 +271,6 @@ class TrainConfig:
         "Where decoded image folders are cached as uint8 arrays ('' disables) "
         "[default: $WWGAN_CACHE_DIR, else data/cache].",
         type=click.Path(),
-        show_default=False,
     )
     celeba_crop: int = option(
         108,
@@ -306,9 +290,8 @@ class TrainConfig:
     )
     compile: bool = option(
         False,
-        "torch.compile the generator, the generator step's critic "
-        "and the W2 quadratic form (the penalty's critic stays eager: "
-        "torch.compile has no double backward).",
+        "torch.compile the generator, the generator step's critic and the W2 quadratic form "
+        "(the penalty's critic stays eager: torch.compile has no double backward).",
         flag="--compile/--no-compile",
     )
 
@@ -316,17 +299,17 @@ class TrainConfig:
         # Defaults that depend on other fields are resolved here, so that Python callers
         # and the CLI get the same run: CelebA at 64 px, the Adam preset's lr and betas.
         resolved = dict(
+            OPTIMIZER_PRESETS.get(self.optimizer, {}),
             image_size=64 if self.dataset == "celeba" else 32,
             cache_dir=os.environ.get("WWGAN_CACHE_DIR", "data/cache"),
         )
-        resolved.update(OPTIMIZER_PRESETS.get(self.optimizer, {}))
         for name, value in resolved.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         if isinstance(self.neighborhood, str) and self.neighborhood.isdigit():
             object.__setattr__(self, "neighborhood", int(self.neighborhood))
         problems = [_field_problem(f, getattr(self, f.name)) for f in dataclasses.fields(self)]
-        min_width = _min_width(self.image_size) if self.image_size in SUPPORTED_IMAGE_SIZES else 1
+        min_width = _min_width(self.image_size)
         checks = [
             (
                 self.dataset in DATASETS,
@@ -381,10 +364,9 @@ def select_device(name: str = "auto") -> torch.device:
     """CUDA when available unless the user names a device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
+    device = None
+    with contextlib.suppress(RuntimeError):
         device = torch.device(name)
-    except RuntimeError:
-        device = None
     if device is None or device.type not in ("cpu", "cuda", "mps"):  # meta, xla, ... cannot train
         raise WWGANError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -502,42 +484,11 @@ def make_shapes(n: int, image_size: int = 32, seed: int = 0, return_labels: bool
 
 
 # What torchvision's ImageFolder accepts, plus .webp/.tiff (any format PIL decodes).
-IMAGE_EXTENSIONS = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".ppm",
-    ".pgm",
-    ".pbm",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".webp",
-)
+IMAGE_EXTENSIONS = tuple(".jpg .jpeg .png .ppm .pgm .pbm .bmp .gif .tif .tiff .webp".split())
 # torchvision's CIFAR10.classes (from batches.meta): alphabetical, so the class index of an
 # image-folder copy in sorted folder order is the official label.
-CIFAR10_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
-# The 64x64 CelebA recipe (DCGAN/WGAN lineage, e.g. carpedm20/DCGAN-tensorflow): a centered
-# 108x108 crop of the 178x218 aligned image, resized to 64. We crop at the exact image
-# center (some code shifts the crop down a few pixels; the paper does not say) and scale the
-# crop with the image width, so half-resolution copies get the same field of view. The
-# authors' released train.py instead used Resize(64) + CenterCrop(64), i.e. a centered
-# 178x178 crop: `--celeba-crop 178` reproduces that.
+CIFAR10_CLASSES = tuple("airplane automobile bird cat deer dog frog horse ship truck".split())
 CACHE_FORMAT_VERSION = 1
-
-
 HOLDOUT_SEED = 2019  # the permutation that picks the held-out slice of a training set
 
 
@@ -547,12 +498,10 @@ def load_dataset(config: TrainConfig) -> torch.Tensor:
 
 
 def _load_all(config: TrainConfig):
-    loaders = {
-        "shapes": _load_shapes,
-        "cifar10": load_cifar10,
-        "celeba": load_celeba,
-        "folder": load_image_folder,
-    }
+    if config.dataset == "shapes":
+        n = config.max_images or DATASET_SIZES["shapes"]
+        return make_shapes(n, config.image_size, seed=1234, return_labels=True)
+    loaders = dict(cifar10=load_cifar10, celeba=load_celeba, folder=load_image_folder)
     return loaders[config.dataset](config)
 
 
@@ -629,11 +578,6 @@ def _official_test_split(config: TrainConfig):
     return images, labels, f"CIFAR-10 test split ({len(images)} images, {folder})"
 
 
-def _load_shapes(config: TrainConfig):
-    n = config.max_images or DATASET_SIZES["shapes"]
-    return make_shapes(n, config.image_size, seed=1234, return_labels=True)
-
-
 def subset_indices(n: int, max_images: int, seed: int = 0) -> np.ndarray:
     """Indices of the first `max_images` of a fixed-seed permutation of range(n), sorted.
     A uniform random subset keeps the class balance; a smaller subset is contained in a
@@ -679,13 +623,8 @@ def list_image_files(root: str | Path) -> ImageFiles:
     ignored; files without an image extension are skipped."""
     root = Path(root)
     if not root.is_dir():
-        what = (
-            "is a file, not a folder"
-            if root.exists()
-            else "is a broken symbolic link"
-            if root.is_symlink()
-            else "does not exist"
-        )
+        what = "is a broken symbolic link" if root.is_symlink() else "does not exist"
+        what = "is a file, not a folder" if root.exists() else what
         raise WWGANError(f"image folder {root} {what}; pass --data-root DIR")
     entries = sorted(
         os.path.join(root, name) for name in os.listdir(root) if not name.startswith(".")
@@ -715,8 +654,6 @@ def _convert_mode(img, mode: str):
     if img.mode in ("P", "PA"):  # palette transparency converts cleanly only via RGBA
         img = img.convert("RGBA")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale PNG: keep the top byte
-        from PIL import Image
-
         img = Image.fromarray(np.clip(np.asarray(img) / 256, 0, 255).astype(np.uint8))
     return img.convert(mode)
 
@@ -733,8 +670,6 @@ def decode_image(
     The crop box may be fractional (PIL resamples it exactly, no rounding of the center).
     Large JPEGs are decoded at a reduced DCT scale (draft mode) that keeps the crop at
     least `size` pixels wide."""
-    from PIL import Image, ImageOps
-
     with Image.open(path) as img:
         w, h = img.size
         side = min(w, h) * crop_fraction
@@ -793,11 +728,6 @@ def _cache_paths(cache_dir: Path, name: str, key: dict) -> tuple[Path, Path]:
     return cache_dir / f"{stem}.npy", cache_dir / f"{stem}.labels.npy"
 
 
-def _atomic_np_save(array: np.ndarray, path: Path) -> None:
-    with atomic_write(path) as f:
-        np.save(f, array, allow_pickle=False)
-
-
 def _read_cache(images_path: Path, labels_path: Path, with_labels: bool, shape_tail: tuple):
     """(images, labels) from a cache written by `_write_cache`, None when there is none;
     a damaged one is reported and ignored (it will be rebuilt)."""
@@ -821,9 +751,11 @@ def _read_cache(images_path: Path, labels_path: Path, with_labels: bool, shape_t
 def _write_cache(images_path: Path, labels_path: Path, images, labels) -> None:
     try:
         images_path.parent.mkdir(parents=True, exist_ok=True)
-        if labels is not None:  # labels first: the images file marks a complete cache
-            _atomic_np_save(labels, labels_path)
-        _atomic_np_save(images, images_path)
+        # labels first: the images file marks a complete cache
+        for array, path in ((labels, labels_path), (images, images_path)):
+            if array is not None:
+                with atomic_write(path) as f:
+                    np.save(f, array, allow_pickle=False)
     except OSError as exc:
         warn(
             f"could not write the decoded-image cache {images_path} ({exc.strerror or exc}); "
@@ -898,9 +830,7 @@ def _decode_listing(
         )
     skipped = list(listing.skipped) + [(p, "unreadable") for p, good in zip(paths, ok) if not good]
     if skipped:
-        counts = {}
-        for _, reason in skipped:
-            counts[reason] = counts.get(reason, 0) + 1
+        counts = collections.Counter(reason for _, reason in skipped)
         detail = ", ".join(f"{k} {reason}" for reason, k in counts.items())
         warn(
             f"skipped {len(skipped)} file(s) under {listing.root}: {detail} (e.g. {skipped[0][0]})"
@@ -921,21 +851,16 @@ def find_cifar10(root: str | Path) -> tuple[str, Path]:
     if (root / "cifar-10-batches-py").is_dir():
         return "torchvision", root
     for folder in (root / "train", root):
-        if folder.is_dir() and {p.name for p in folder.iterdir() if p.is_dir()} >= set(
-            CIFAR10_CLASSES
-        ):
+        if folder.is_dir() and all((folder / name).is_dir() for name in CIFAR10_CLASSES):
             return "folder", folder
     raise WWGANError(
-        f"CIFAR-10 not found: expected {root / 'cifar-10-batches-py'} (torchvision) "
-        f"or {root / 'train'}/<class>/*.jpg; fetch it with "
-        f"`wwgan download cifar10 --root {root}`"
+        f"CIFAR-10 not found: expected {root / 'cifar-10-batches-py'} (torchvision) or "
+        f"{root / 'train'}/<class>/*.jpg; fetch it with `wwgan download cifar10 --root {root}`"
     )
 
 
 def _resize_array_images(images_nhwc: np.ndarray, size: int, channels: int) -> np.ndarray:
     """uint8 (N, H, W, 3) -> uint8 (N, C, size, size) through the same PIL path as files."""
-    from PIL import Image
-
     n, h, w, _ = images_nhwc.shape
     if (h, w) == (size, size) and channels == 3:
         return np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))
@@ -1002,14 +927,12 @@ def find_celeba(root: str | Path) -> Path:
 
 
 def load_celeba(config: TrainConfig):
-    """Aligned CelebA faces: a centered square crop of celeba_crop/178 of the image width
-    (108x108 of 178x218, 54x54 of a half-resolution 89x109 copy), resized to image_size
-    (64 in the paper). No labels."""
-    if not 1 <= config.celeba_crop <= CELEBA_REFERENCE_WIDTH:
-        raise WWGANError(
-            f"celeba_crop must be in 1..{CELEBA_REFERENCE_WIDTH} (pixels of the "
-            f"178x218 aligned image), got {config.celeba_crop}"
-        )
+    """Aligned CelebA faces by the 64x64 recipe of the DCGAN/WGAN lineage (e.g.
+    carpedm20/DCGAN-tensorflow): a square crop of celeba_crop/178 of the image width at the
+    exact image center (some code shifts it down a few pixels; the paper does not say),
+    108x108 of 178x218 or 54x54 of a half-resolution 89x109 copy (the same field of view),
+    resized to image_size (64 in the paper). No labels. The authors' released train.py used
+    Resize(64) + CenterCrop(64), a centered 178x178 crop: `--celeba-crop 178` reproduces it."""
     listing = list_image_files(find_celeba(config.data_root))
     images, _ = load_image_files(
         config, listing, "celeba", crop_fraction=config.celeba_crop / CELEBA_REFERENCE_WIDTH
@@ -1114,25 +1037,20 @@ def _download_celeba(root: Path, timeout: float) -> Path:
     zip_failed = [f for f in failed if f[2].endswith(".zip")]
     if zip_failed:
         fid, md5, name, reason = zip_failed[0]
-        optional = [f[2] for f in failed if f is not zip_failed[0]]
-        extra = (
-            f" (optional, not used for training: {', '.join(optional)} from the same Drive folder)"
-            if optional
-            else ""
-        )
+        others = ", ".join(f[2] for f in failed if f is not zip_failed[0])
+        note = others and f" (optional, not used for training: {others} from the same Drive folder)"
         raise WWGANError(
             f"could not fetch CelebA from Google Drive ({reason}; Drive often serves a quota "
             f"or HTML page instead of the file, a known torchvision issue); by hand: download "
             f"{name} (https://drive.google.com/uc?id={fid}, md5 {md5}; or via "
-            f"https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, Img/) into {base}/{extra} and "
+            f"https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, Img/) into {base}/{note} and "
             f"rerun `wwgan download celeba --root {root}`, which verifies the md5 and unpacks "
             f"it; or unzip it yourself so that {images_dir}/ holds the JPEGs"
         )
     if failed:
         warn(
-            f"could not fetch CelebA annotation file(s) "
-            f"{', '.join(f[2] for f in failed)} into {base} (not needed for training): "
-            f"{failed[0][3]}"
+            f"could not fetch CelebA annotation file(s) {', '.join(f[2] for f in failed)} into "
+            f"{base} (not needed for training): {failed[0][3]}"
         )
     if not have_images:
         tv_utils.extract_archive(str(base / "img_align_celeba.zip"), str(base))
@@ -1192,12 +1110,9 @@ class Generator(nn.Module):
         )
         blocks, c_in = [], width
         for _ in range(stages - 1):
-            blocks += [
-                nn.ConvTranspose2d(c_in, c_in // 2, 2, stride=2),
-                nn.BatchNorm2d(c_in // 2),
-                nn.ReLU(True),
-            ]
-            c_in //= 2
+            half = c_in // 2
+            blocks += [nn.ConvTranspose2d(c_in, half, 2, 2), nn.BatchNorm2d(half), nn.ReLU(True)]
+            c_in = half
         blocks += [nn.ConvTranspose2d(c_in, channels, 2, stride=2), nn.Tanh()]
         self.main = nn.Sequential(*blocks)
         self.width, self.latent_dim = width, latent_dim
@@ -1243,16 +1158,6 @@ def _edge_slices(dy: int, dx: int, height: int, width: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _inverse_normalized_degree_cpu(height: int, width: int, neighborhood: int) -> torch.Tensor:
-    degree = torch.zeros(height, width, dtype=torch.float64)
-    for dy, dx, w in NEIGHBOR_OFFSETS[neighborhood]:
-        a, b = _edge_slices(dy, dx, height, width)
-        degree[a] += w
-        degree[b] += w
-    # d_i = deg_i / sum_k deg_k (Supp. App. B, "normalized volume form"), per channel graph.
-    return degree.sum() / degree
-
-
 def inverse_normalized_degree(
     height: int, width: int, neighborhood: int = 4, device=None, dtype=torch.float32
 ) -> torch.Tensor:
@@ -1260,20 +1165,15 @@ def inverse_normalized_degree(
     of all weighted degrees of the grid graph (Def. 10's d_i). Shape (H, W)."""
     if height * width < 2:
         raise ValueError("the pixel graph needs at least two pixels")
-    return _inverse_normalized_degree_on(
-        height, width, neighborhood, torch.device(device or "cpu"), dtype
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _inverse_normalized_degree_on(
-    height: int, width: int, neighborhood: int, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
+    degree = torch.zeros(height, width, dtype=torch.float64)
+    for dy, dx, w in NEIGHBOR_OFFSETS[neighborhood]:
+        a, b = _edge_slices(dy, dx, height, width)
+        degree[a] += w
+        degree[b] += w
+    # d_i = deg_i / sum_k deg_k (Supp. App. B, "normalized volume form"), per channel graph.
     # Cached per device: a host-to-device copy in every penalty would block the host until
     # the GPU has drained its queue (a pageable copy synchronizes), once per critic step.
-    return _inverse_normalized_degree_cpu(height, width, neighborhood).to(
-        device=device, dtype=dtype
-    )
+    return (degree.sum() / degree).to(device=torch.device(device or "cpu"), dtype=dtype)
 
 
 def laplacian_quadratic_form(
@@ -1522,23 +1422,15 @@ def gradient_penalty(
 
 
 def make_optimizers(config: TrainConfig, generator: nn.Module, critic: nn.Module):
-    betas = (config.beta1, config.beta2)
-    return (
-        torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas),
-        torch.optim.Adam(critic.parameters(), lr=config.lr, betas=betas),
-    )
+    adam = functools.partial(torch.optim.Adam, lr=config.lr, betas=(config.beta1, config.beta2))
+    return adam(generator.parameters()), adam(critic.parameters())
 
 
 def penalty_settings(config: TrainConfig) -> dict:
     """The keyword arguments of `gradient_penalty` that a TrainConfig sets."""
-    names = ("loss", "lam", "one_sided", "density_at", "alpha", "neighborhood", "gamma")
-    return dict(
-        {name: getattr(config, name) for name in names},
-        target=config.lipschitz_target,
-        compiled=config.compile,
-        density_scale=config.density_scale,
-        lam_follows=config.lam_follows,
-    )
+    names = "loss lam one_sided density_at alpha neighborhood gamma density_scale lam_follows"
+    settings = {name: getattr(config, name) for name in names.split()}
+    return dict(settings, target=config.lipschitz_target, compiled=config.compile)
 
 
 def critic_objective(config: TrainConfig, critic, real, fake, eps=None):
@@ -1607,14 +1499,12 @@ def gpu_performance_flags(device: torch.device, tf32: bool = True, cudnn_benchma
     """On CUDA: allow TF32 in matmuls and convolutions (the models; the quadratic form has
     neither and stays float32) and let cuDNN autotune, restoring the global flags on exit
     so that nothing leaks out of train(). CPU: nothing changes."""
-    if device.type != "cuda":
-        yield
-        return
     flags = (
         (torch.backends.cuda.matmul, "allow_tf32", tf32),
         (torch.backends.cudnn, "allow_tf32", tf32),
         (torch.backends.cudnn, "benchmark", cudnn_benchmark),
     )
+    flags = flags if device.type == "cuda" else ()
     previous = [getattr(owner, name) for owner, name, _ in flags]
     for owner, name, value in flags:
         setattr(owner, name, value)
@@ -1633,10 +1523,8 @@ def step_models(config: TrainConfig, *modules: nn.Module) -> tuple:
     (aot_autograd) does not support double backward."""
     if not config.compile:
         return modules
-    views = {}
-    for module in modules:
-        if id(module) not in views:
-            views[id(module)] = torch.compile(module)
+    views = {id(module): module for module in modules}
+    views = {key: torch.compile(module) for key, module in views.items()}
     return tuple(views[id(module)] for module in modules)
 
 
@@ -1658,8 +1546,6 @@ def init_distributed(device: torch.device) -> tuple[DistributedContext, torch.de
     """Join the process group that `torchrun` describes (WORLD_SIZE > 1 in the
     environment): NCCL with the GPU of LOCAL_RANK on CUDA, gloo on CPU. A group the caller
     already opened is used as is. One process: (DistributedContext(), device)."""
-    import torch.distributed as dist
-
     joined = dist.is_available() and dist.is_initialized()
     if not joined and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistributedContext(), device
@@ -1677,17 +1563,13 @@ def _mean_over_ranks(terms: dict, ctx: DistributedContext) -> dict:
     fall out of step with the others)."""
     if ctx.world_size == 1:
         return terms
-    import torch.distributed as dist
-
     names = sorted(terms)
     values = torch.stack([terms[name].float().reshape(()) for name in names])
     dist.all_reduce(values)
     return dict(zip(names, (values / ctx.world_size).unbind()))
 
 
-# ----------------------------------------------------------------------------------------
-# the training loop (Algorithm 1)
-# ----------------------------------------------------------------------------------------
+# -- the training loop --
 
 
 @dataclass
@@ -1767,25 +1649,19 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
                     stream = np.random.SeedSequence([config.seed, ctx.rank, state.iteration])
                     seed_everything(int(stream.generate_state(1)[0]))
                 ids = [device.index] if device.type == "cuda" else None
-                generator_ddp, critic_ddp = (
-                    DDP(generator, device_ids=ids),
-                    DDP(critic, device_ids=ids),
-                )
+                generator_ddp, critic_ddp = (DDP(m, device_ids=ids) for m in (generator, critic))
             else:
                 generator_ddp, critic_ddp = generator, critic
             generator_fast, critic_fast = step_models(config, generator_ddp, critic)
 
             if ctx.is_main:
-                params = (
-                    sum(p.numel() for p in generator.parameters()),
-                    sum(p.numel() for p in critic.parameters()),
-                )
+                params = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (generator, critic)]
                 click.echo(
                     f"wwgan train: {LOSS_NAMES[config.loss]} on {config.dataset} "
                     f"{config.image_size}x{config.image_size} ({len(images)} images), device "
                     f"{device}{f' x{ctx.world_size}' if ctx.world_size > 1 else ''}, width "
-                    f"{config.width}: generator {params[0] / 1e6:.2f}M + critic "
-                    f"{params[1] / 1e6:.2f}M parameters; iteration {state.iteration} of "
+                    f"{config.width}: generator {params[0]:.2f}M + critic "
+                    f"{params[1]:.2f}M parameters; iteration {state.iteration} of "
                     f"{config.iterations}, writing to {run.out}"
                 )
             bar = tqdm(
@@ -1851,8 +1727,6 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
                     run.save_checkpoint(state)
     finally:
         if ctx.owns_group:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
     return state
 
@@ -1883,11 +1757,10 @@ class RunDir:
     """A training run's directory OUT, and everything that keeps it safe, for train():
 
     - one trainer per directory: an flock on OUT/.lock (see claim_run_dir);
-    - signals: within `with run:` STOP_SIGNALS only ask to stop; `stop_if_requested`
-      then checkpoints the last finished iteration and raises TrainingInterrupted (exit
-      EXIT_STOPPED), and a second signal changes nothing;
-    - checkpoints written atomically with the previous copy kept (`.prev.pt`), read back
-      with a fallback to it; resume restores weights, optimizers, iteration and RNGs;
+    - signals: within `with run:` STOP_SIGNALS only ask to stop (`stop_requests`);
+      `stop_if_requested` then checkpoints and raises TrainingInterrupted (EXIT_STOPPED);
+    - checkpoints written atomically with the previous copy kept (`.prev.pt`) as a
+      fallback; `resume` restores everything they hold;
     - metrics.jsonl rows (the source of truth; with config.tensorboard also TensorBoard
       events), trimmed on resume to the checkpoint's iteration so no row is doubled;
     - a checkpoint also every config.checkpoint_minutes of wall clock;
@@ -1945,10 +1818,8 @@ class RunDir:
         if checkpoint is not None:
             check_resumable(checkpoint, config, source)
             try:
-                state.generator.load_state_dict(checkpoint["generator"])
-                state.critic.load_state_dict(checkpoint["critic"])
-                state.generator_opt.load_state_dict(checkpoint["generator_opt"])
-                state.critic_opt.load_state_dict(checkpoint["critic_opt"])
+                for name in ("generator", "critic", "generator_opt", "critic_opt"):
+                    getattr(state, name).load_state_dict(checkpoint[name])
                 state.iteration = self._checkpointed_at = int(checkpoint["iteration"])
                 state.train_seconds = float(checkpoint["train_seconds"])
                 set_rng_state(checkpoint["rng"])
@@ -1989,8 +1860,6 @@ class RunDir:
             if not _is_interval(state.iteration, self.config.log_every):
                 self.checkpoint_due = False
                 return
-            import torch.distributed as dist
-
             tensor = torch.tensor(flags, device=self.device)
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
             flags = tensor.tolist()
@@ -2000,12 +1869,11 @@ class RunDir:
         name = (
             signal.Signals(self._signals[0]).name if self._signals else "a signal on another rank"
         )
-        path = self.checkpoint_path
         if self.ctx.is_main and self._checkpointed_at != state.iteration:
             self.save_checkpoint(state)  # refuses non-finite weights
         raise TrainingInterrupted(
             f"stopped by {name} after iteration {state.iteration} of {self.config.iterations}: "
-            f"checkpoint {path}; rerun the same command to resume"
+            f"checkpoint {self.checkpoint_path}; rerun the same command to resume"
         )
 
     def log(self, state: TrainState, terms: dict) -> None:
@@ -2428,8 +2296,6 @@ def write_sample_grid(
     run_dir: str | Path, out: str | Path, num: int = 64, seed: int = 0, device="cpu"
 ) -> Path:
     """An 8x8 grid of samples of a run's latest generator, saved as PNG."""
-    from PIL import Image
-
     out = Path(out)
     image_format = Image.registered_extensions().get(out.suffix.lower())
     if image_format is None:
@@ -2477,20 +2343,14 @@ def run_cli(command: click.Command, argv=None, prog_name: str | None = None) -> 
     except WWGANError as exc:
         click.echo(f"wwgan: error: {exc}", err=True)
         sys.exit(1)
-    except (MemoryError, torch.OutOfMemoryError) as exc:
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        memory = isinstance(exc, (MemoryError, torch.OutOfMemoryError))
+        if not memory and "allocate" not in str(exc):  # allocating is the user's sizes, not a bug
+            raise
         detail = _reason(exc) if str(exc) else "MemoryError"
         click.echo(
             f"wwgan: error: out of memory ({detail}); use a smaller --batch-size, --width "
             f"or number of images",
-            err=True,
-        )
-        sys.exit(1)
-    except RuntimeError as exc:
-        if "allocate" not in str(exc):  # an allocation failure is the user's sizes, not a bug
-            raise
-        click.echo(
-            f"wwgan: error: out of memory ({_reason(exc)}); use a smaller --batch-size, "
-            f"--width or number of images",
             err=True,
         )
         sys.exit(1)
@@ -2510,7 +2370,7 @@ def train_options(command):
     """One `wwgan train` option per TrainConfig field, from the field's metadata (help,
     click type, flag name); fields with `cli=False` are left out. Options whose default
     depends on other flags (image size, learning rate) have none here."""
-    derived = {"out", "image_size", "lr", "cache_dir"}  # resolved by TrainConfig
+    derived = {"out", "image_size", "lr", "cache_dir"}  # resolved by TrainConfig: no default shown
     for f in reversed(dataclasses.fields(TrainConfig)):
         settings = dict(f.metadata)
         settings.pop("identity")
@@ -2529,10 +2389,9 @@ def train_options(command):
 
 @click.group(
     context_settings=dict(help_option_names=["-h", "--help"]),
-    epilog="Evaluation, figures and the results table: python scripts/NAME.py "
-    "--help (fid, swd, image_w2, critic_probes, neighbours, "
-    "motivating_example, figures, table); benchmarks: python "
-    "benchmarks/bench.py --help.",
+    epilog="Evaluation, figures and the results table: python scripts/NAME.py --help (fid, swd, "
+    "image_w2, critic_probes, neighbours, motivating_example, figures, table); benchmarks: "
+    "python benchmarks/bench.py --help.",
 )
 def cli():
     """wwgan: WGAN-GP, LP and the Wasserstein-2 (WWGAN) gradient penalty."""
