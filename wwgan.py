@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import glob
 import hashlib
 import json
 import math
@@ -393,8 +394,14 @@ def atomic_write(path: str | Path, mode: str = "wb", keep_previous: bool = False
     """Open a temporary file beside `path` for writing; on a clean exit flush it to disk
     and rename it over `path`, so a crash at any moment leaves the old file or the new
     one, never a torn one. With `keep_previous`, the old file survives as `*.prev.pt`
-    until the new one is complete. An error leaves `path` as it was."""
+    until the new one is complete. An error leaves `path` as it was. Temp files of `path`
+    left by a writer that was killed (kill -9 skips the cleanup) are removed first."""
     path = Path(path)
+    for kind in (".tmp-", ".prev.tmp-"):  # the names this function writes
+        for stale in path.parent.glob(f".{glob.escape(path.name)}{kind}*"):
+            pid = stale.name.rpartition(".tmp-")[2]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, mode, **({} if "b" in mode else dict(newline=""))) as f:
@@ -412,6 +419,16 @@ def atomic_write(path: str | Path, mode: str = "wb", keep_previous: bool = False
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def refuse_overwriting_inputs(outputs, inputs) -> None:

@@ -233,3 +233,25 @@ def test_kill_9_at_every_write_point_of_a_sample_grid_then_rerun(run, tmp_path, 
         assert files_with_times(run) == run_files, k
         code, _, err = invoke(capsys, "wwgan", *argv)
         assert code == 0 and grid.read_bytes() == new, (k, err)
+
+
+def test_a_rerun_removes_the_temp_files_a_killed_writer_left_and_only_those(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid, live_pid = int(dead.stdout), os.getppid()  # the first has exited, the second runs
+    target = tmp_path / "curve [1].csv"  # glob characters in the name are taken literally
+    left = {
+        "dead": tmp_path / f".{target.name}.tmp-{dead_pid}",
+        "dead previous": tmp_path / f".{target.name}.prev.tmp-{dead_pid}",
+        "live writer": tmp_path / f".{target.name}.tmp-{live_pid}",
+        "another file's": tmp_path / f".other.csv.tmp-{dead_pid}",
+    }
+    for path in left.values():
+        path.write_text("torn")
+    with wwgan.atomic_write(target, "w") as f:
+        f.write("done\n")
+    assert target.read_text() == "done\n"
+    assert {name for name, path in left.items() if path.exists()} == {
+        "live writer",
+        "another file's",
+    }
