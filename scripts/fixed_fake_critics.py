@@ -586,10 +586,12 @@ VERDICT_FAMILIES = ("wwgan-intensity", "wwgan-unit-mass")
 EQUIVALENCE_FRACTION = 0.25
 VERDICT_RULE = f"""\
 Decision rule (fixed before the full run; `fixed_fake_critics.py verdict --help`):
-- *at matched strength*: WWGAN minus WGAN-GP, same seed, the WGAN-GP critic nearest in
-  measured lam_eff (within 2x), at each of WWGAN's lams. "yes" when at least half of these
-  levels have a 95% interval that excludes 0 in the claimed direction and none in the
-  other; "opposite" the same the other way; "mixed" when both occur; else "no".
+- *at matched strength*: WWGAN minus WGAN-GP at WWGAN's measured lam_eff, same seed:
+  WGAN-GP's metric interpolated (linearly in log lam_eff) between that seed's two critics
+  whose lam_effs bracket it (a critic outside the seed's WGAN-GP range is left out), at
+  each of WWGAN's lams. "yes" when at least half of these levels have a 95% interval over
+  seeds that excludes 0 in the claimed direction and none in the other; "opposite" the
+  same the other way; "mixed" when both occur; else "no".
 - *strength alone*: WGAN-GP's own dose-response over the lam_eff span WWGAN reaches
   (x1/2 .. x2): per seed, the Spearman correlation of the metric with lam_eff; "yes" when
   its 95% interval over seeds excludes 0 in the claimed direction (a stiffer WGAN-GP
@@ -597,7 +599,7 @@ Decision rule (fixed before the full run; `fixed_fake_critics.py verdict --help`
 - verdict: **geometry** when matched strength says yes (WWGAN differs from WGAN-GP at the
   same lam_eff); **strength** when it says no and strength alone says yes; **neither**
   when both say no; "against the claim" and "mixed" as above.
-- controls, same pairing: a control is *equivalent* to WWGAN on a metric when every
+- controls, the same interpolation in their base family's dose-response: a control is *equivalent* to WWGAN on a metric when every
   level's interval lies within +-{EQUIVALENCE_FRACTION:g} x the WWGAN - WGAN-GP effect,
   *differs* when an interval excludes 0, else *not distinguishable* (too wide to tell).
 """
@@ -609,10 +611,42 @@ def _compact(row: dict, metric: str) -> dict:
                 **row[metric])  # fmt: skip
 
 
-def matched_strength(records, setting, reference, metric, direction, max_ratio=2.0) -> dict:
+def interpolated_differences(records, setting, reference, metric) -> list[dict]:
+    """For each lam of `setting`: per seed, its critic's `metric` minus the `reference`
+    dose-response of the SAME seed at exactly its measured lam_eff, interpolated linearly
+    in log lam_eff between the two reference critics that bracket it (nearest-critic
+    pairing would leave up to the grid's spacing of strength in the difference). Critics
+    outside their seed's reference range are left out; a level needs 2 pairs. Rows as
+    `paired_differences`' with lam_eff_ratio 1."""
+    curves = {}
+    for r in sorted(records, key=lambda r: r["lam_eff"]):
+        if r["setting"] == reference and r["lam_eff"] > 0:
+            curve = curves.setdefault(r["seed"], ([], []))
+            curve[0].append(math.log(r["lam_eff"]))
+            curve[1].append(r[metric])
+    rows = []
+    for lam in sorted({r["lam"] for r in records if r["setting"] == setting}):
+        diffs, lam_effs = [], []
+        for a in (r for r in records if r["setting"] == setting and r["lam"] == lam):
+            x, y = curves.get(a["seed"], ([], []))
+            if len(x) < 2 or not x[0] <= math.log(a["lam_eff"]) <= x[-1]:
+                continue
+            diffs.append(a[metric] - float(np.interp(math.log(a["lam_eff"]), x, y)))
+            lam_effs.append(a["lam_eff"])
+        if len(diffs) < 2:
+            continue
+        interval = _interval(diffs)
+        interval["excludes_zero"] = abs(interval["mean"]) > interval["half"]
+        rows.append(dict(setting=setting, reference=reference, lam=lam, match="lam_eff",
+                         n=len(diffs), lam_eff=float(np.exp(np.mean(np.log(lam_effs)))),
+                         lam_eff_ratio=1.0, **{metric: interval}))  # fmt: skip
+    return rows
+
+
+def matched_strength(records, setting, reference, metric, direction) -> dict:
     """`setting` minus `reference` on `metric` at matched lam_eff, level by level
-    (`paired_differences`), read as yes / opposite / mixed / no (VERDICT_RULE)."""
-    rows = paired_differences(records, setting, reference, (metric,), "lam_eff", max_ratio)
+    (`interpolated_differences`), read as yes / opposite / mixed / no (VERDICT_RULE)."""
+    rows = interpolated_differences(records, setting, reference, metric)
     signs = [np.sign(r[metric]["mean"]) * direction for r in rows if r[metric]["excludes_zero"]]
     toward, against = signs.count(1), signs.count(-1)
     if not rows:
@@ -664,7 +698,7 @@ def verdict_label(at_matched: str, alone: str) -> str:
         return {"opposite": "against the claim at matched strength",
                 "mixed": "mixed: the sign depends on the strength"}[at_matched]  # fmt: skip
     if at_matched == "untested":
-        return "not tested (no WGAN-GP critic within 2x of its lam_eff)"
+        return "not tested (its lam_eff outside WGAN-GP's measured range)"
     return "strength" if alone == "yes" else "neither"
 
 
@@ -672,7 +706,7 @@ def control_reading(records, control, base, metric, effect) -> dict:
     """`control` minus `base` at matched lam_eff on `metric`: equivalent (every interval
     within +-EQUIVALENCE_FRACTION x |effect|), differs (an interval excludes 0), or not
     distinguishable; `effect` is the WWGAN - WGAN-GP difference it is measured against."""
-    rows = paired_differences(records, control, base, (metric,), "lam_eff")
+    rows = interpolated_differences(records, control, base, metric)
     if not rows:
         return dict(answer="untested", rows=[])
     margin = EQUIVALENCE_FRACTION * abs(effect) if effect else None

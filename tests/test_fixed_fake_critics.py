@@ -321,7 +321,25 @@ def test_verdict_rule_on_curves_with_a_known_answer(value_of, verdict):
     assert {c["metric"] for c in result["claims"]} == set(ffc.CLAIMS)
     for claim in result["claims"]:
         assert claim["verdict"] == verdict, claim
-        assert claim["matched"]["levels"] == 4  # every WWGAN lam found its WGAN-GP pair
+        assert claim["matched"]["levels"] == 4  # every WWGAN lam within WGAN-GP's range
+
+
+def test_matching_interpolates_the_reference_curve_so_a_grid_offset_is_not_called_geometry():
+    # one curve, steep in strength; WWGAN's measured lam_effs sit 1.7x above the WGAN-GP
+    # grid points, where nearest-critic pairing leaves 2 * log10(1.7) = 0.46 of strength
+    records = claim_records(lambda f, e: 5.0 - 2 * math.log10(e))
+    for r in records:
+        if r["family"] == "wwgan-intensity":
+            r["lam_eff"] *= 1.7
+            r.update({m: r[m] - 2 * math.log10(1.7) for m in ffc.METRICS})  # on the curve
+    nearest = ffc.paired_differences(records, "wwgan-intensity", "wgan-gp", metrics=(METRIC,))
+    assert all(row[METRIC]["excludes_zero"] for row in nearest)  # the offset, read as an effect
+    interpolated = ffc.interpolated_differences(records, "wwgan-intensity", "wgan-gp", METRIC)
+    assert [row["lam"] for row in interpolated] == [0.025, 0.25, 2.5]  # 1,700 > the grid's 1,000
+    for row in interpolated:
+        # linear interpolation of a curve linear in log lam_eff: exact up to the noise
+        assert abs(row[METRIC]["mean"]) < 0.05 and not row[METRIC]["excludes_zero"]
+    assert {c["verdict"] for c in ffc.verdicts(records)["claims"]} == {"strength"}
 
 
 def test_verdict_is_per_pool_and_says_when_nothing_is_matched():
@@ -329,11 +347,11 @@ def test_verdict_is_per_pool_and_says_when_nothing_is_matched():
     records += claim_records(lambda f, e: 5.0, pool="b.npz", rng_seed=2)
     for r in records:
         if r["pool"] == "b.npz" and r["family"] == "wwgan-intensity":
-            r["lam_eff"] *= 1e5  # no WGAN-GP critic within 2x
+            r["lam_eff"] *= 1e5  # beyond every WGAN-GP critic
     result = ffc.verdicts(records)
     by_pool = {(c["pool"], c["verdict"]) for c in result["claims"]}
     assert by_pool == {("a.npz", "geometry"),
-                       ("b.npz", "not tested (no WGAN-GP critic within 2x of its lam_eff)")}  # fmt: skip
+                       ("b.npz", "not tested (its lam_eff outside WGAN-GP's measured range)")}  # fmt: skip
 
 
 def test_controls_equivalent_different_or_too_wide_to_tell():
