@@ -699,6 +699,8 @@ def verdict_label(at_matched: str, alone: str) -> str:
                 "mixed": "mixed: the sign depends on the strength"}[at_matched]  # fmt: skip
     if at_matched == "untested":
         return "not tested (its lam_eff outside WGAN-GP's measured range)"
+    if alone == "untested":  # too few WGAN-GP strengths to see a dose-response
+        return "no difference at matched strength; strength alone not tested"
     return "strength" if alone == "yes" else "neither"
 
 

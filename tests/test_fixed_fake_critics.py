@@ -342,16 +342,19 @@ def test_matching_interpolates_the_reference_curve_so_a_grid_offset_is_not_calle
     assert {c["verdict"] for c in ffc.verdicts(records)["claims"]} == {"strength"}
 
 
-def test_verdict_is_per_pool_and_says_when_nothing_is_matched():
+def test_verdict_is_per_pool_and_says_when_nothing_is_matched_or_strength_is_untested():
     records = claim_records(wwgan_minus(lambda e: 1.0), pool="a.npz")
     records += claim_records(lambda f, e: 5.0, pool="b.npz", rng_seed=2)
+    flat = claim_records(lambda f, e: 5.0, pool="c.npz", rng_seed=3)
+    records += [r for r in flat if r["family"] != "wgan-gp" or r["lam_eff"] in (1.0, 3.0)]
     for r in records:
         if r["pool"] == "b.npz" and r["family"] == "wwgan-intensity":
             r["lam_eff"] *= 1e5  # beyond every WGAN-GP critic
     result = ffc.verdicts(records)
     by_pool = {(c["pool"], c["verdict"]) for c in result["claims"]}
     assert by_pool == {("a.npz", "geometry"),
-                       ("b.npz", "not tested (its lam_eff outside WGAN-GP's measured range)")}  # fmt: skip
+                       ("b.npz", "not tested (its lam_eff outside WGAN-GP's measured range)"),
+                       ("c.npz", "no difference at matched strength; strength alone not tested")}  # fmt: skip
 
 
 def test_controls_equivalent_different_or_too_wide_to_tell():
