@@ -931,6 +931,16 @@ def train_command(out, device, **options):
     click.echo(f"wrote {out}: {len(payload['critics'])} critics ({payload['images']})")
 
 
+def write_report(text: str, payload: dict, out_md, out_json=None) -> None:
+    """`text` to out_md and `payload` to out_json (when given), each atomically; echo text."""
+    Path(out_md).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_md, "w") as f:
+        f.write(text)
+    if out_json:
+        write_json(payload, out_json)
+    click.echo(text)
+
+
 @cli.command(
     "table",
     epilog="\b\nExample:\n  python scripts/fixed_fake_critics.py table --results "
@@ -975,13 +985,8 @@ def table_command(paths, reference, pairs, match, max_ratio, out_md, out_json):
     """The dose-response table and paired differences at matched lam_eff."""
     refuse_overwriting_inputs([out_md, out_json], paths)
     dose, paired = build_tables(paths, reference, pairs, match, max_ratio)
-    text = table_markdown(dose, paired)
-    Path(out_md).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out_md, "w") as f:
-        f.write(text)
-    if out_json:
-        write_json(dict(dose_response=dose, paired=paired, metrics=METRICS), out_json)
-    click.echo(text)
+    payload = dict(dose_response=dose, paired=paired, metrics=METRICS)
+    write_report(table_markdown(dose, paired), payload, out_md, out_json)
 
 
 @cli.command(
@@ -1011,13 +1016,7 @@ def verdict_command(paths, reference, out_md, out_json):
     if not result["claims"]:
         raise WWGANError(f"no {reference} critics beside a WWGAN family "
                          f"({', '.join(VERDICT_FAMILIES)}) in the results")  # fmt: skip
-    text = verdict_markdown(result)
-    Path(out_md).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out_md, "w") as f:
-        f.write(text)
-    if out_json:
-        write_json(result, out_json)
-    click.echo(text)
+    write_report(verdict_markdown(result), result, out_md, out_json)
 
 
 if __name__ == "__main__":
