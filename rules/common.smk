@@ -387,6 +387,8 @@ wildcard_constraints:
 
 localrules:
     all,
+    reproduction,
+    fixed_fake,
     download,
     fid_weights,
     samples,

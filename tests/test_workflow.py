@@ -472,6 +472,23 @@ def assert_cpu_plans_issue_21(out: str, counts: dict) -> None:
     assert "--num-queries 100 " in out  # Fig. 1 over 100 held-out queries
 
 
+def test_the_cpu_preset_runs_in_two_parts_that_together_are_all(tmp_path):
+    """`reproduction` and `fixed_fake` split `all`: the fixed-fake part trains only its two
+    fake sources and scores no FID curve; the reproduction part trains no fixed-fake critic;
+    their jobs together are all's."""
+    parts = {}
+    for target in ("all", "reproduction", "fixed_fake"):
+        out = snakemake(tmp_path, "-n", "--cores", "2", target, "--config", "preset=cpu")
+        assert out.returncode == 0, out.stdout + out.stderr
+        parts[target] = job_counts(out.stdout)
+    ff, rep, both = parts["fixed_fake"], parts["reproduction"], parts["all"]
+    assert ff["train"] == 2 and "fid_curve" not in ff and ff["fixed_fake_critic"] == 140
+    assert not {name for name in rep if name.startswith("fixed_fake")}
+    assert rep["train"] == both["train"] == 21 and rep["fid_curve"] == 21
+    for rule in set(both) - {"total", "train", "all", "reproduction", "fixed_fake"}:
+        assert both[rule] == rep.get(rule, 0) + ff.get(rule, 0), rule
+
+
 @pytest.mark.slow
 def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
     """The whole graph at tiny scale (needs every command of the CLI contract)."""
