@@ -122,7 +122,13 @@ def test_kill_9_at_ten_moments_resumes_bit_identically(tmp_path):
     harness = tmp_path / "harness.py"
     harness.write_text(HARNESS)
     reference = start(harness, tmp_path / "reference")
+    wait_for_training(tmp_path / "reference", reference)
+    began = time.monotonic()
     assert reference.wait(timeout=600) == 0, reference.stderr.read()
+    # Random kills land within a twentieth of the uninterrupted run's training time, so ten
+    # kills cannot let a run finish early on a fast machine (with a fixed 0.4 s window, a
+    # machine twice as fast finished the run after 5 kills).
+    window = min(0.4, (time.monotonic() - began) / 20)
 
     out, rng, kills = tmp_path / "killed", random.Random(0), []
     # 7 kills at random moments of training, 3 in the middle of a checkpoint write
@@ -132,7 +138,7 @@ def test_kill_9_at_ten_moments_resumes_bit_identically(tmp_path):
         proc = start(harness, out, kill_during_save=rng.randint(2, 4) if kind == "save" else 0)
         if kind == "random":
             wait_for_training(out, proc)
-            time.sleep(rng.uniform(0.0, 0.4))
+            time.sleep(rng.uniform(0.0, window))
             proc.send_signal(signal.SIGKILL)
         returncode = proc.wait(timeout=600)
         if returncode == 0:
