@@ -6,7 +6,8 @@ beside the paper's claim for it.
 
 Reads each run's fid_curve.csv with the config.json and metrics.jsonl beside it, and the
 experiments' JSON; writes table.md and its long-form table.csv (every value behind every
-cell). Columns are the runs' variant labels (`wwgan train --label`), in input order.
+cell). Columns are the runs' variant labels (`wwgan train --label`), in input order. A
+second table gives each variant's difference from WGAN-GP paired by seed.
 """
 
 from __future__ import annotations
@@ -346,6 +347,56 @@ def _neighbour_lines(data: dict, csv_rows: list) -> list[str]:
     return lines
 
 
+# Rows without a paired difference: the ratio is paired already, and WGAN-GP's s and
+# lam_eff are 1 and lam by definition.
+NOT_DIFFERENCED = ("epoch time / WGAN-GP", "scale s at the start", "scale s at the end",
+                   "lambda_eff at the start", "lambda_eff at the end")  # fmt: skip
+
+
+def paired_differences(records: list[dict]) -> dict:
+    """{(metric, setting, label): [value - WGAN-GP's value of the same seed, ...]} in seed
+    order, over the seeds both have. Runs of one seed start from the same initialisation,
+    so the per-seed difference removes what the seed alone contributes (Lucic et al. 2018:
+    seed variance can exceed method differences)."""
+    by_seed = {(r["metric"], r["setting"], r["label"], r["seed"]): r["value"] for r in records
+               if r["seed"] is not None and r["metric"] not in NOT_DIFFERENCED}  # fmt: skip
+    differences: dict = {}
+    for (metric, setting, label, seed), value in sorted(by_seed.items(), key=lambda kv: kv[0][3]):
+        baseline = by_seed.get((metric, setting, BASELINE, seed))
+        if label != BASELINE and baseline is not None:
+            differences.setdefault((metric, setting, label), []).append(value - baseline)
+    return differences
+
+
+def _difference_lines(records, order, labels, csv_rows) -> list[str]:
+    """The second table: each variant minus WGAN-GP within a seed, mean ± 95% CI; bold
+    where the interval excludes 0."""
+    differences = paired_differences(records)
+    others = [label for label in labels if label != BASELINE]
+    rows = [(m, s) for m, s in order if any((m, s, label) in differences for label in others)]
+    if not rows:
+        return []
+    lines = [
+        "", f"Differences from {BASELINE}, paired by seed: each variant's value minus "
+        f"{BASELINE}'s of the same seed (the same initialisation), mean ± 95% CI over the "
+        "seeds both have; **bold** where the interval excludes 0.", "",
+        "| metric | setting | " + " | ".join(f"{label} − {BASELINE}" for label in others) + " |",
+        "|---|---|" + "---|" * len(others),
+    ]  # fmt: skip
+    for metric, setting in rows:
+        cells = []
+        for label in others:
+            values = differences.get((metric, setting, label), [])
+            cell = _format_estimate(values) if values else ""
+            mean, half = mean_ci95(values) if values else (0.0, None)
+            cells.append(f"**{cell}**" if half is not None and abs(mean) > half else cell)
+            if values:
+                name = f"{metric}: minus {BASELINE}, paired by seed"
+                csv_rows.append(_csv_row(name, setting, label, values, ""))
+        lines.append(f"| {metric} | {setting} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _csv_row(metric, setting, label, values, paper) -> dict:
     mean, half = mean_ci95(values)
     return dict(
@@ -392,6 +443,7 @@ def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
             if values:
                 csv_rows.append(_csv_row(metric, setting, label, values, paper))
         lines.append(f"| {metric} | {setting} | " + " | ".join(cells) + f" | {paper} |")
+    lines += _difference_lines(records, order, labels, csv_rows)
     if neighbours:
         lines += _neighbour_lines(neighbours, csv_rows)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -192,3 +192,33 @@ def test_both_strength_controls_show_their_lam_eff_at_the_start_and_the_end(tmp_
         "| lambda_eff at the start | cifar10, robustness Adam preset | 420 ± 0 (n=2) | 430 ±"
         in markdown
     )
+
+
+def test_differences_from_wgan_gp_are_paired_by_seed(tmp_path):
+    """Seeds that shift both variants alike: unpaired, the two intervals overlap widely;
+    paired, the differences 3, 3.5, 4 give mean 3.5 and the t interval of those three
+    numbers, bold because it excludes 0. A seed the baseline lacks is left out, and the
+    s / lam_eff rows (1 and lam for WGAN-GP by definition) get no difference."""
+    fids = {"WGAN-GP": [40.0, 60.0, 80.0], "WWGAN, intensity": [43.0, 63.5, 84.0, 99.0]}
+    losses = {"WGAN-GP": "wgan-gp", "WWGAN, intensity": "wwgan"}
+    inputs = [_write_run(tmp_path, label, losses[label], seed, "robustness", fid, 1.0, 9.0)
+              for label, values in fids.items() for seed, fid in enumerate(values)]  # fmt: skip
+    out = tmp_path / "table.md"
+    result = CliRunner().invoke(table.cli, [*(f"--input={p}" for p in inputs), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out.with_suffix(".csv")) as f:
+        rows = {(r["metric"], r["variant"]): r for r in csv.DictReader(f)}
+    fid = "FID (pytorch-fid, samples not recorded, reference not recorded)"
+    unpaired = [rows[(fid, label)] for label in fids]
+    assert all(float(r["ci95"]) > 30 for r in unpaired)  # wide: the seeds' spread
+    paired = rows[(f"{fid}: minus WGAN-GP, paired by seed", "WWGAN, intensity")]
+    assert paired["n"] == "3"
+    assert [float(v) for v in paired["values"].split(";")] == [3.0, 3.5, 4.0]
+    assert float(paired["mean"]) == pytest.approx(3.5)
+    assert float(paired["ci95"]) == pytest.approx(_t_interval_half_width([3.0, 3.5, 4.0]))
+    assert not any(metric.startswith(("scale s", "lambda_eff")) and "paired" in metric
+                   for metric, _ in rows)  # fmt: skip
+    markdown = out.read_text()
+    half = _t_interval_half_width([3.0, 3.5, 4.0])
+    assert f"| {fid} | cifar10, robustness Adam preset | **3.5 ± {half:.2g} (n=3)** |" in markdown
+    assert "| WWGAN, intensity − WGAN-GP |" in markdown
