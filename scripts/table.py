@@ -300,6 +300,11 @@ def _epoch_ratio_records(records: list[dict]) -> list[dict]:
 # -- rendering --
 
 
+def _cell(text: str) -> str:
+    """Markdown table cell text: a bar inside it ('|Cohen's d|') would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def _format_estimate(values: list[float]) -> str:
     mean, half = mean_ci95(values)
     return f"{mean:.4g} (n=1)" if half is None else f"{mean:.4g} ± {half:.2g} (n={len(values)})"
@@ -393,7 +398,7 @@ def _difference_lines(records, order, labels, csv_rows) -> list[str]:
             if values:
                 name = f"{metric}: minus {BASELINE}, paired by seed"
                 csv_rows.append(_csv_row(name, setting, label, values, ""))
-        lines.append(f"| {metric} | {setting} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_cell(metric)} | {setting} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -442,7 +447,7 @@ def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
             cells.append(_format_estimate(values) if values else "")
             if values:
                 csv_rows.append(_csv_row(metric, setting, label, values, paper))
-        lines.append(f"| {metric} | {setting} | " + " | ".join(cells) + f" | {paper} |")
+        lines.append(f"| {_cell(metric)} | {setting} | " + " | ".join(cells) + f" | {paper} |")
     lines += _difference_lines(records, order, labels, csv_rows)
     if neighbours:
         lines += _neighbour_lines(neighbours, csv_rows)

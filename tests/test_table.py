@@ -143,6 +143,8 @@ def test_table_aggregates_seeds_and_shows_the_paper_claims(tmp_path):
     assert markdown.index(f"| {authors} |") < markdown.index("| sliced Wasserstein")
     assert "matched on fid at 101" in markdown and "no snapshot of every run" in markdown
     assert "218.1" not in markdown  # the paper's epoch times are CelebA's: not beside CIFAR-10
+    # the bars of |Cohen's d| are escaped, so the row keeps its columns
+    assert "| noise: \\|Cohen's d\\| clean vs noisy | cifar10, critics |  | 0.3 (n=1) |" in markdown
 
 
 def test_both_strength_controls_show_their_lam_eff_at_the_start_and_the_end(tmp_path):
