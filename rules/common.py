@@ -28,9 +28,12 @@ import wwgan
 # ---------------------------------------------------------------------------------------
 # One generator iteration (n_critic 5, batch 64, 32x32) on the development machine's
 # 2-core CPU: width 512 ~4.7 s (BENCHMARKS.md, end-to-end throughput: 6.7-9.1 s on one
-# thread); width 64 0.42 s (BENCHMARKS.md section 6). Between and beyond them the time
-# follows the power law through these two points.
-CPU_SECONDS_PER_ITERATION = {512: 4.7, 64: 0.42}
+# thread); width 64 0.2 s: the geometric mean of the cpu preset's two measured runs of
+# 1,500 iterations, 0.29 s with tests sharing the cores (12 runs, 5,274 s, 2026-12-02) and
+# 0.137 s alone (15 runs, 3,084 s, 2026-12-05), so within 1.5x of both (BENCHMARKS.md
+# section 6's 0.42 s came from a short run, startup included). Between and beyond them
+# the time follows the power law through these two points.
+CPU_SECONDS_PER_ITERATION = {512: 4.7, 64: 0.2}
 # One fixed-fake critic step (scripts/fixed_fake_critics.py: batch 64, 32x32, width 64,
 # one thread; WGAN-GP and the W2 families alike within noise), measured on this 2-core CPU
 # while it was shared: ~0.05 s; scoring a critic on 256 held-out images ~2 s. Other widths
@@ -169,6 +172,12 @@ def dataset_variants(settings: dict, dataset: str) -> list[str]:
     return [v for v in settings["variants"] if chosen is None or v in chosen]
 
 
+def dataset_seeds(settings: dict, dataset: str) -> list[int]:
+    """The seeds of `dataset`'s runs: the first `datasets.<name>.max_seeds` of `seeds` (so a
+    dataset whose runs cost more can run fewer), or all of them."""
+    return list(settings["seeds"][: settings["datasets"].get(dataset, {}).get("max_seeds")])
+
+
 def data_root(settings: dict, dataset: str) -> str:
     """The dataset's root (`data.<dataset>`); shapes is synthetic and needs none."""
     return str(settings["data"].get(dataset, "data")).rstrip("/") or "."
@@ -303,7 +312,7 @@ def _trained_in(settings: dict, dataset: str, source: dict) -> bool:
     return (
         dataset in settings["datasets"]
         and source["variant"] in dataset_variants(settings, dataset)
-        and source["seed"] in settings["seeds"]
+        and source["seed"] in dataset_seeds(settings, dataset)
     )
 
 
@@ -359,8 +368,9 @@ def check_fixed_fake(settings: dict) -> None:
             raise SettingsError(
                 f"{where}.variant: {source['variant']} is not trained on {dataset}{hint}"
             )
-        if source["seed"] not in settings["seeds"]:
-            raise SettingsError(f"{where}.seed: {source['seed']} is not in `seeds`{hint}")
+        if source["seed"] not in dataset_seeds(settings, dataset):
+            raise SettingsError(f"{where}.seed: {source['seed']} is not among {dataset}'s "
+                                f"seeds (`seeds`, `datasets.{dataset}.max_seeds`){hint}")
         iteration = source.get("iteration")
         if iteration is not None and (
             iteration % length["snapshot_every"] or iteration > length["iterations"]

@@ -72,7 +72,8 @@ def run_dir(group, dataset, variant, seed):
 
 def run_dirs(group, dataset):
     variants = common.dataset_variants(S, dataset)
-    return [run_dir(group, dataset, v, seed) for v in variants for seed in S["seeds"]]
+    seeds = common.dataset_seeds(S, dataset)
+    return [run_dir(group, dataset, v, seed) for v in variants for seed in seeds]
 
 
 FID_RUNS = [run for dataset in S["datasets"] for run in run_dirs("fid", dataset)]
@@ -278,7 +279,8 @@ GPU_RULES = {"train", "fid_stats", "fid_curve", "bench", "fixed_fake_pool", "fix
 
 def whole_plan():
     """The plan of the whole graph (a dry run: the DAG is not built yet)."""
-    runs = [fields for fields in RUN_FIELDS.values() for _ in S["seeds"]]
+    runs = [fields for (_, dataset, _), fields in RUN_FIELDS.items()
+            for _ in common.dataset_seeds(S, dataset)]  # fmt: skip
     critics = [ff_critic_cost(group, family) for group, _, family, _ in FF_SHARDS]
     return common.Plan(
         trainings=runs,

@@ -128,9 +128,12 @@ def test_dry_run_of_both_presets_builds_the_whole_graph_offline(tmp_path):
     cpu = snakemake(tmp_path, "-n", "-p", "--cores", "all", "--config", "preset=cpu")
     assert cpu.returncode == 0, cpu.stdout + cpu.stderr
     counts = job_counts(cpu.stdout)
-    # the CPU preset: 5 variants x 3 seeds on CIFAR-10, whose critics are probed too, and
-    # WGAN-GP and WWGAN x 3 seeds on CelebA
-    assert counts["train"] == 21 and counts["fid_curve"] == 21 and counts["probe"] == 2
+    # the CPU preset: 5 variants x 5 seeds on CIFAR-10, whose critics are probed too, and
+    # WGAN-GP and WWGAN x 3 seeds on CelebA (its max_seeds)
+    assert counts["train"] == 31 and counts["fid_curve"] == 31 and counts["probe"] == 2
+    assert re.search(r"celeba/wwgan/\w+/seed2/", cpu.stdout)
+    assert not re.search(r"celeba/\S+/seed3/", cpu.stdout)
+    assert re.search(r"cifar10/wwgan/\w+/seed4/", cpu.stdout)
     assert "--holdout 1000" in cpu.stdout and "--match fid --target 40" in cpu.stdout
     assert_cpu_plans_issue_21(cpu.stdout, counts)
 
@@ -484,7 +487,7 @@ def test_the_cpu_preset_runs_in_two_parts_that_together_are_all(tmp_path):
     ff, rep, both = parts["fixed_fake"], parts["reproduction"], parts["all"]
     assert ff["train"] == 2 and "fid_curve" not in ff and ff["fixed_fake_critic"] == 140
     assert not {name for name in rep if name.startswith("fixed_fake")}
-    assert rep["train"] == both["train"] == 21 and rep["fid_curve"] == 21
+    assert rep["train"] == both["train"] == 31 and rep["fid_curve"] == 31
     for rule in set(both) - {"total", "train", "all", "reproduction", "fixed_fake"}:
         assert both[rule] == rep.get(rule, 0) + ff.get(rule, 0), rule
 
@@ -621,8 +624,8 @@ def test_a_missing_data_root_is_named_by_a_dry_run_and_stops_a_real_run(tmp_path
     missing = tmp_path / "no-such-folder"
     config = ["--config", "preset=cpu", f"data={{cifar10: {missing}}}"]
     dry = snakemake(tmp_path, "-n", "--cores", "all", *config)
-    # 5 variants x 3 seeds on CIFAR-10, 2 x 3 on CelebA (issue 21)
-    assert dry.returncode == 0 and job_counts(dry.stdout)["train"] == 21
+    # 5 variants x 5 seeds on CIFAR-10, 2 x 3 on CelebA (issue 21)
+    assert dry.returncode == 0 and job_counts(dry.stdout)["train"] == 31
     assert (
         f"wwgan preflight: warning: cifar10: CIFAR-10 not found: expected {missing}" in dry.stderr
     )
