@@ -369,8 +369,10 @@ def check_fixed_fake(settings: dict) -> None:
                 f"{where}.variant: {source['variant']} is not trained on {dataset}{hint}"
             )
         if source["seed"] not in dataset_seeds(settings, dataset):
-            raise SettingsError(f"{where}.seed: {source['seed']} is not among {dataset}'s "
-                                f"seeds (`seeds`, `datasets.{dataset}.max_seeds`){hint}")
+            raise SettingsError(
+                f"{where}.seed: {source['seed']} is not among {dataset}'s "
+                f"seeds (`seeds`, `datasets.{dataset}.max_seeds`){hint}"
+            )
         iteration = source.get("iteration")
         if iteration is not None and (
             iteration % length["snapshot_every"] or iteration > length["iterations"]
