@@ -70,7 +70,9 @@ STRICTER = {"train.iterations", "critic_runs.iterations", "train.snapshot_every"
 NOT_A_FLAG = {"train.nproc_per_node", "threads.train", "threads.eval",
               # a count n of critic seeds (--seed 0 .. n-1), and which snapshot file a
               # fake pool is drawn from (its path, not a number, reaches the script)
-              "fixed_fake.groups.*.seeds", "fixed_fake.sources.*.iteration"}  # fmt: skip
+              "fixed_fake.groups.*.seeds", "fixed_fake.sources.*.iteration",
+              # how many of `seeds` a dataset's runs use: each seed reaches --seed itself
+              "datasets.*.max_seeds"}  # fmt: skip
 
 
 def _resolve(node: dict) -> dict:

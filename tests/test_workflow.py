@@ -533,7 +533,7 @@ def test_smoke_preset_produces_every_figure_and_the_table(tmp_path):
     assert "| sobolev | wwgan-intensity |" in (fixed / f"ablation-{source}.md").read_text()
     table = (tmp_path / "results" / "smoke" / "table.md").read_text()
     for metric in ("sliced Wasserstein distance", "scale s at the start", "shift: oscillation",
-                   "noise: |Cohen's d|", "critic: snapshot SWD", "L2, the same histograms"):  # fmt: skip
+                   "noise: \\|Cohen's d\\|", "critic: snapshot SWD", "L2, the same histograms"):  # fmt: skip
         assert metric in table
     assert re.search(r"± [\d.e+-]+ \(n=2\)", table)  # 2 seeds give a confidence interval
     assert "matched on swd" in table and "shapes test draw" in table
