@@ -482,7 +482,8 @@ def write_results_table(paths, out: Path, command: str = "") -> list[Path]:
     help="The command that produced the results, recorded in the table's header.",
 )  # fmt: skip
 def cli(inputs, out, command):
-    """Results table: mean ± 95% CI over seeds for every metric, beside the paper's claims.
+    """Results table: mean ± 95% CI over seeds for every metric, beside the paper's claims,
+    and a second table of each variant minus WGAN-GP paired by seed.
 
     \b
     Reads (missing fields are skipped with a warning, other files are an error):
