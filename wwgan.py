@@ -95,11 +95,10 @@ SUPPORTED_IMAGE_SIZES = (16, 32, 64, 128)
 DENSITY_SCALES = ("intensity", "unit-mass")  # see images_to_density
 CELEBA_REFERENCE_WIDTH = 178  # the aligned CelebA image is 178x218
 
-# Adam presets of Supp. Appendix C: "robustness" is printed for the critics of Figs. 4-5
-# (lr 3e-4, betas (0.5, 0.9)); "fid" for the FID runs, printed as lr 1e-4, betas
-# (0.9, 0). A beta2 of 0 makes Adam's second moment the last squared gradient; the
-# authors' CIFAR-10 script (addl_datasets/cifar10_wgan_gpu.py) uses lr 1e-4 with
-# betas (0.0, 0.9), so we read the printed pair as written backwards and use (0.0, 0.9).
+# Adam presets of Supp. Appendix C: "robustness" as printed for the critics of Figs. 4-5;
+# "fid" for the FID runs, printed as lr 1e-4, betas (0.9, 0). A beta2 of 0 would make
+# Adam's second moment the last squared gradient and the authors' CIFAR-10 script
+# (addl_datasets/cifar10_wgan_gpu.py) uses betas (0.0, 0.9): we read the pair as reversed.
 OPTIMIZER_PRESETS = {
     "fid": dict(lr=1e-4, beta1=0.0, beta2=0.9),
     "robustness": dict(lr=3e-4, beta1=0.5, beta2=0.9),
@@ -107,8 +106,7 @@ OPTIMIZER_PRESETS = {
 
 
 class FiniteFloatRange(click.FloatRange):
-    """click.FloatRange that also refuses NaN and infinity (NaN compares false, so a plain
-    range check lets it through)."""
+    """click.FloatRange that also refuses infinity and NaN (which passes any range check)."""
 
     def convert(self, value, param, ctx):
         value = super().convert(value, param, ctx)
@@ -119,10 +117,10 @@ class FiniteFloatRange(click.FloatRange):
 
 def option(default, help: str, identity: bool = False, **click_settings):
     """A TrainConfig field and its `wwgan train` option: one default, one help text, one
-    bound. `identity=True` marks a field that defines the model and the objective (see
-    `TrainConfig.identity`). `click_settings` go to click.option (type, flag name, ...);
-    the `type`'s range or choices are also what TrainConfig checks from Python;
-    `cli=False` keeps the field off the command line."""
+    bound. `identity=True`: the field defines the model and objective (`TrainConfig.identity`).
+    `click_settings` go to click.option (type, flag, ...; `cli=False` keeps the field off
+    the command line); the `type`'s range or choices also bound Python callers."""
+
     return field(default=default, metadata=dict(help=help, identity=identity, **click_settings))
 
 
@@ -309,37 +307,28 @@ class TrainConfig:
                 object.__setattr__(self, name, value)
         if isinstance(self.neighborhood, str) and self.neighborhood.isdigit():
             object.__setattr__(self, "neighborhood", int(self.neighborhood))
-        problems = [_field_problem(f, getattr(self, f.name)) for f in dataclasses.fields(self)]
-        min_width = _min_width(self.image_size)
-        checks = [
-            (
-                self.dataset in DATASETS,
-                f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}",
-            ),
-            (self.neighborhood in (4, 8), f"neighborhood must be 4 or 8, got {self.neighborhood}"),
-            (
-                not self.lam_follows or self.loss in ("wgan-gp", "lp"),
-                f"lam_follows is for the L2 losses (wgan-gp, lp), not {self.loss!r}",
-            ),
-            *((problem is None, problem) for problem in problems),
-            (
-                self.channels in (1, 3),
-                f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}",
-            ),
-            (
-                self.image_size in SUPPORTED_IMAGE_SIZES,
+        if self.dataset not in DATASETS:
+            raise WWGANError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        if self.neighborhood not in (4, 8):
+            raise WWGANError(f"neighborhood must be 4 or 8, got {self.neighborhood}")
+        if self.lam_follows and self.loss not in ("wgan-gp", "lp"):
+            raise WWGANError(f"lam_follows is for the L2 losses (wgan-gp, lp), not {self.loss!r}")
+        for f in dataclasses.fields(self):
+            if problem := _field_problem(f, getattr(self, f.name)):
+                raise WWGANError(problem)
+        if self.channels not in (1, 3):
+            raise WWGANError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+        if self.image_size not in SUPPORTED_IMAGE_SIZES:
+            raise WWGANError(
                 f"image size {self.image_size} is not supported by the models; "
-                f"choose from {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}",
-            ),
-            (
-                self.width >= min_width,
+                f"choose from {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}"
+            )
+        min_width = _min_width(self.image_size)
+        if self.width < min_width:
+            raise WWGANError(
                 f"width {self.width} is too small for image size {self.image_size}: the models "
-                f"halve it at each of their upsampling stages; use --width {min_width} or more",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise WWGANError(message)
+                f"halve it at each of their upsampling stages; use --width {min_width} or more"
+            )
 
     def identity(self, exclude: tuple[str, ...] = ()) -> dict:
         """The fields that define the model and the objective (marked `identity=True`),
@@ -391,11 +380,10 @@ def seed_everything(seed: int) -> None:
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb", keep_previous: bool = False):
-    """Open a temporary file beside `path` for writing; on a clean exit flush it to disk
-    and rename it over `path`, so a crash at any moment leaves the old file or the new
-    one, never a torn one. With `keep_previous`, the old file survives as `*.prev.pt`
-    until the new one is complete. An error leaves `path` as it was. Temp files of `path`
-    left by a writer that was killed (kill -9 skips the cleanup) are removed first."""
+    """Open a temporary file beside `path` for writing; on a clean exit fsync it and rename
+    it over `path`: a crash at any moment leaves the old file or the new one, never a torn
+    one, and an error leaves `path` as it was. `keep_previous` first keeps the old file as
+    `*.prev.pt`. Temp files of `path` left by a killed writer (kill -9) are removed first."""
     path = Path(path)
     for kind in (".tmp-", ".prev.tmp-"):  # the names this function writes
         for stale in path.parent.glob(f".{glob.escape(path.name)}{kind}*"):
