@@ -512,10 +512,9 @@ def _load_all(config: TrainConfig):
 
 def load_dataset_with_labels(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The training images, uint8 (N, C, S, S), and labels int64 (N,) or None when the set
-    has no classes: the whole training split minus the `config.holdout` slice
-    (`holdout_indices`), then at most `config.max_images` of them, a fixed subset that
-    keeps class balance (`subset_indices`). Image folders are decoded once and cached
-    under `config.cache_dir`."""
+    has no classes: the training split minus the `config.holdout` slice (`holdout_indices`),
+    then a fixed class-balanced subset of at most `config.max_images` (`subset_indices`).
+    Image folders are decoded once and cached under `config.cache_dir`."""
     if not config.holdout:
         return _load_all(config)
     images, labels = _load_all(dataclasses.replace(config, max_images=0))
@@ -545,8 +544,7 @@ def evaluation_images(config: TrainConfig, allow_training_images: bool = False):
         return test
     if config.holdout:
         images, labels = _load_all(dataclasses.replace(config, max_images=0))
-        _, held = holdout_indices(len(images), config.holdout)
-        keep = torch.from_numpy(held)
+        keep = torch.from_numpy(holdout_indices(len(images), config.holdout)[1])
         where = (
             f"held-out slice of the training set: {config.holdout} of its {len(images)} "
             f"images (seed {HOLDOUT_SEED}), excluded from training"
@@ -670,11 +668,10 @@ def decode_image(
     channels: int = 3,
     exif_transpose: bool = False,
 ) -> np.ndarray:
-    """One image file -> uint8 (C, size, size): a centered square crop whose side is
-    `crop_fraction` of the shorter side, resized with PIL's antialiased bicubic filter.
-    The crop box may be fractional (PIL resamples it exactly, no rounding of the center).
-    Large JPEGs are decoded at a reduced DCT scale (draft mode) that keeps the crop at
-    least `size` pixels wide."""
+    """One image file -> uint8 (C, size, size): a centered square crop, `crop_fraction` of
+    the shorter side, resized with PIL's antialiased bicubic filter from the exact,
+    possibly fractional box (no rounding of the center). Large JPEGs are decoded at a
+    reduced DCT scale (draft mode) that keeps the crop at least `size` pixels wide."""
     with Image.open(path) as img:
         w, h = img.size
         side = min(w, h) * crop_fraction
@@ -717,9 +714,8 @@ def decode_images(
                 ok[i] = False
         return stop - start
 
-    workers = max(1, min(16, os.cpu_count() or 1))
     with (
-        ThreadPoolExecutor(workers) as pool,
+        ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool,
         tqdm(total=n, desc=desc, unit="img", disable=None, leave=False) as bar,
     ):
         for done in pool.map(decode_chunk, range(0, n, chunk)):
@@ -742,11 +738,9 @@ def _read_cache(images_path: Path, labels_path: Path, with_labels: bool, shape_t
         images = np.load(images_path, allow_pickle=False)
         if images.dtype != np.uint8 or images.shape[1:] != shape_tail or not len(images):
             raise ValueError(f"holds {images.dtype} {images.shape}")
-        labels = None
-        if with_labels:
-            labels = np.load(labels_path, allow_pickle=False)
-            if labels.shape != (len(images),):
-                raise ValueError(f"labels {labels.shape} do not match images {images.shape}")
+        labels = np.load(labels_path, allow_pickle=False) if with_labels else None
+        if with_labels and labels.shape != (len(images),):
+            raise ValueError(f"labels {labels.shape} do not match images {images.shape}")
         return images, labels
     except Exception as exc:
         warn(f"cache {images_path} is unreadable ({type(exc).__name__}: {exc}); rebuilding it")
@@ -779,17 +773,16 @@ def load_image_files(
     (uint8 tensor (N, C, S, S), int64 labels or None). The cache file is keyed by the
     dataset, resolution, crop, the resolved folder, its file names and max_images, and
     written atomically, so a second run reads one array instead of decoding again."""
-    files, labels = listing.files, listing.labels
+    files, with_labels = listing.files, listing.labels is not None
     if not files:
         raise WWGANError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {listing.root}")
     prefix = len(str(listing.root)) + 1
-    names = hashlib.sha1("\n".join(p[prefix:] for p in files).encode())
     key = dict(
         version=CACHE_FORMAT_VERSION,
         dataset=name,
         root=str(listing.root.resolve()),
         num_files=len(files),
-        names=names.hexdigest(),
+        names=hashlib.sha1("\n".join(p[prefix:] for p in files).encode()).hexdigest(),
         max_images=config.max_images,
         size=config.image_size,
         channels=config.channels,
@@ -798,17 +791,15 @@ def load_image_files(
         classes=listing.classes,
     )
     shape_tail = (config.channels, config.image_size, config.image_size)
-    with_labels = labels is not None
     cache = _cache_paths(Path(config.cache_dir), name, key) if config.cache_dir else None
-    cached = _read_cache(*cache, with_labels, shape_tail) if cache else None
-    if cached is not None:
-        images, label_array = cached
-    else:
-        images, label_array = _decode_listing(config, listing, name, crop_fraction, exif_transpose)
+    arrays = _read_cache(*cache, with_labels, shape_tail) if cache else None
+    if arrays is None:
+        arrays = _decode_listing(config, listing, name, crop_fraction, exif_transpose)
         if cache:
-            _write_cache(*cache, images, label_array)
-    labels_tensor = torch.from_numpy(label_array.astype(np.int64)) if with_labels else None
-    return torch.from_numpy(images), labels_tensor
+            _write_cache(*cache, *arrays)
+    images, labels = arrays
+    labels = torch.from_numpy(labels.astype(np.int64)) if with_labels else None
+    return torch.from_numpy(images), labels
 
 
 def _decode_listing(
@@ -820,12 +811,7 @@ def _decode_listing(
     keep = subset_indices(len(files), config.max_images)
     paths = [files[i] for i in keep]
     images, ok = decode_images(
-        paths,
-        config.image_size,
-        crop_fraction,
-        config.channels,
-        exif_transpose,
-        desc=f"decoding {name}",
+        paths, config.image_size, crop_fraction, config.channels, exif_transpose, f"decoding {name}"
     )
     label_array = np.asarray(labels, dtype=np.int64)[keep] if with_labels else None
     if not ok.any():  # before the warning below: the error alone says it all
@@ -932,11 +918,10 @@ def find_celeba(root: str | Path) -> Path:
 
 
 def load_celeba(config: TrainConfig):
-    """Aligned CelebA faces by the 64x64 recipe of the DCGAN/WGAN lineage (e.g.
-    carpedm20/DCGAN-tensorflow): a square crop of celeba_crop/178 of the image width at the
-    exact image center (some code shifts it down a few pixels; the paper does not say),
-    108x108 of 178x218 or 54x54 of a half-resolution 89x109 copy (the same field of view),
-    resized to image_size (64 in the paper). No labels. The authors' released train.py used
+    """Aligned CelebA faces, no labels, by the 64x64 recipe of the DCGAN/WGAN lineage (e.g.
+    carpedm20/DCGAN-tensorflow): a square crop of celeba_crop/178 of the width at the exact
+    center (some code shifts it down; the paper does not say), 108x108 of 178x218 or 54x54
+    of a half-size copy, resized to image_size (64 in the paper). The authors' train.py used
     Resize(64) + CenterCrop(64), a centered 178x178 crop: `--celeba-crop 178` reproduces it."""
     listing = list_image_files(find_celeba(config.data_root))
     images, _ = load_image_files(
