@@ -1744,21 +1744,19 @@ def step_is_finite(config: TrainConfig, terms: dict, iteration: int, checkpoint:
 
 
 class RunDir:
-    """A training run's directory OUT, and everything that keeps it safe, for train():
+    """A training run's directory OUT and what keeps it safe; train() calls each method
+    where it acts, and only rank 0 writes:
 
-    - one trainer per directory: an flock on OUT/.lock (see claim_run_dir);
-    - signals: within `with run:` STOP_SIGNALS only ask to stop (`stop_requests`);
+    - one trainer per directory: an flock on OUT/.lock (claim_run_dir);
+    - within `with run:` STOP_SIGNALS only ask to stop (`stop_requests`);
       `stop_if_requested` then checkpoints and raises TrainingInterrupted (EXIT_STOPPED);
-    - checkpoints written atomically with the previous copy kept (`.prev.pt`) as a
-      fallback; `resume` restores everything they hold;
+    - checkpoints written atomically, also every config.checkpoint_minutes of wall clock,
+      the previous copy kept (`.prev.pt`) as a fallback; `resume` restores all they hold;
     - metrics.jsonl rows (the source of truth; with config.tensorboard also TensorBoard
       events), trimmed on resume to the checkpoint's iteration so no row is doubled;
-    - a checkpoint also every config.checkpoint_minutes of wall clock;
-    - under DDP, the ranks' agreement on when to stop and when to checkpoint. Their
-      all-reduce syncs with the device, so they agree only every config.log_every
-      iterations, where the loop reads losses back anyway (a stop waits for that).
-
-    Only rank 0 writes. Methods are called by train() at the places they act."""
+    - under DDP, the ranks agree on when to stop and to checkpoint only every
+      config.log_every iterations, where the loop reads losses back anyway: their
+      all-reduce syncs with the device (a stop waits for that)."""
 
     def __init__(self, config: TrainConfig, ctx=None, device=None):
         self.config, self.ctx = config, ctx or DistributedContext()
@@ -2043,13 +2041,12 @@ def _tensors(value: Any):
 
 
 def claim_run_dir(out: Path):
-    """Create OUT, lock it for this trainer and write a probe file in it, so that an
-    unwritable --out fails at once with its name instead of at the first checkpoint
-    (root ignores permission bits, so only a real write tells). Returns the lock, held
-    while the returned file stays open: an exclusive flock on OUT/.lock, which records
-    the holder's pid. A second trainer is refused in one line naming the holder, before
-    it writes anything; the kernel drops the lock when its process dies, even by kill -9,
-    so a killed trainer's directory is usable again at once."""
+    """Create OUT and return its lock, held while the returned file stays open: an
+    exclusive flock on OUT/.lock, which records the holder's pid. A second trainer is
+    refused in one line naming the holder, before it writes anything; the kernel drops the
+    lock when its process dies, even by kill -9. A probe file written in OUT makes an
+    unwritable --out fail at once with its name (root ignores permission bits, so only a
+    real write tells) instead of at the first checkpoint."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock_file = open(out / ".lock", "a+")  # noqa: SIM115 -- held open for the whole run
