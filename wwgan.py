@@ -1914,7 +1914,6 @@ class RunDir:
                 f"weights are non-finite at iteration {state.iteration}; last good "
                 f"checkpoint kept at {self.checkpoint_path}"
             )
-        self._metrics.flush()
         if self._tensorboard is not None:
             self._tensorboard.flush()
         checkpoint = dict(
@@ -1937,19 +1936,16 @@ class RunDir:
 
 def _truncate_metrics(path: Path, iteration: int) -> None:
     """Keep the metric rows up to `iteration` (the checkpoint resumed from; 0 for a fresh
-    start): rows logged later will be redone. Rewritten atomically, so a kill mid-trim
-    loses nothing."""
+    start): later rows will be redone. Rewritten atomically: a kill mid-trim loses nothing."""
     if not path.exists():
         return
     kept = []
     for line in path.read_text(errors="replace").splitlines():
-        try:
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # torn by a kill, or blank
             if json.loads(line)["iteration"] <= iteration:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            pass  # a row torn by a kill, or a blank line
+                kept.append(line + "\n")
     with atomic_write(path, "w") as f:
-        f.write("".join(line + "\n" for line in kept))
+        f.writelines(kept)
 
 
 # -- checkpoint files, the lock and stop signals --
@@ -2032,11 +2028,8 @@ def atomic_torch_save(
 def _tensors(value: Any):
     if isinstance(value, torch.Tensor):
         yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
+    elif isinstance(value, (dict, list, tuple)):
+        for item in value.values() if isinstance(value, dict) else value:
             yield from _tensors(item)
 
 
