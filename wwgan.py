@@ -1071,8 +1071,7 @@ class Critic(nn.Module):
 
     def __init__(self, image_size: int = 32, channels: int = 3, width: int = 512):
         super().__init__()
-        stages = _num_stages(image_size)
-        widths = [width // 2 ** (stages - 1 - i) for i in range(stages)]
+        widths = [width // 2**i for i in reversed(range(_num_stages(image_size)))]
         layers, c_in = [], channels
         for c_out in widths:
             layers += [nn.Conv2d(c_in, c_out, 3, 2, 1), nn.LeakyReLU(0.2)]
@@ -1094,12 +1093,11 @@ class Generator(nn.Module):
         self, image_size: int = 32, channels: int = 3, width: int = 512, latent_dim: int = 128
     ):
         super().__init__()
-        stages = _num_stages(image_size)
         self.preprocess = nn.Sequential(
             nn.Linear(latent_dim, 4 * 4 * width), nn.BatchNorm1d(4 * 4 * width), nn.ReLU(True)
         )
         blocks, c_in = [], width
-        for _ in range(stages - 1):
+        for _ in range(_num_stages(image_size) - 1):
             half = c_in // 2
             blocks += [nn.ConvTranspose2d(c_in, half, 2, 2), nn.BatchNorm2d(half), nn.ReLU(True)]
             c_in = half
@@ -1113,8 +1111,7 @@ class Generator(nn.Module):
 
 def build_models(config: TrainConfig) -> tuple[Generator, Critic]:
     generator = Generator(config.image_size, config.channels, config.width, config.latent_dim)
-    critic = Critic(config.image_size, config.channels, config.width)
-    return generator, critic
+    return generator, Critic(config.image_size, config.channels, config.width)
 
 
 # ----------------------------------------------------------------------------------------
