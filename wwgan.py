@@ -1148,8 +1148,8 @@ def _edge_slices(dy: int, dx: int, height: int, width: int):
 def inverse_normalized_degree(
     height: int, width: int, neighborhood: int = 4, device=None, dtype=torch.float32
 ) -> torch.Tensor:
-    """1 / d_i on an H x W grid, where d_i is node i's weighted degree divided by the sum
-    of all weighted degrees of the grid graph (Def. 10's d_i). Shape (H, W)."""
+    """1 / d_i, shape (H, W), where d_i = deg_i / sum_k deg_k is node i's weighted degree
+    normalized over one channel's grid graph (Def. 10; Supp. App. B, "normalized volume form")."""
     if height * width < 2:
         raise ValueError("the pixel graph needs at least two pixels")
     degree = torch.zeros(height, width, dtype=torch.float64)
@@ -1157,7 +1157,6 @@ def inverse_normalized_degree(
         a, b = _edge_slices(dy, dx, height, width)
         degree[a] += w
         degree[b] += w
-    # d_i = deg_i / sum_k deg_k (Supp. App. B, "normalized volume form"), per channel graph.
     # Cached per device: a host-to-device copy in every penalty would block the host until
     # the GPU has drained its queue (a pageable copy synchronizes), once per critic step.
     return (degree.sum() / degree).to(device=torch.device(device or "cpu"), dtype=dtype)
@@ -1272,8 +1271,7 @@ def critic_input_gradient(critic: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """d critic(x) / dx per sample, kept in the graph (create_graph=True) so that a
     penalty on it can be backpropagated into the critic's weights."""
     x = x.detach().requires_grad_(True)
-    out = critic(x)
-    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
     return grad
 
 
@@ -1359,8 +1357,7 @@ def gradient_penalty(
     return_l2: bool = False,
     lam_follows: str = "",
 ):
-    """The gradient penalty of `loss` at x_hat = eps * real + (1 - eps) * fake, eps ~ U[0, 1]
-    per sample (uniform on the straight line between a real and a fake sample):
+    """The penalty of `loss` at x_hat = eps * real + (1 - eps) * fake, eps ~ U[0, 1] per sample:
 
     - "wgan-gp": lam * (||g||_2 - 1)^2 (Gulrajani et al. 2017, Eq. 8);
     - "lp": lam * max(0, ||g||_2 - 1)^2 (Petzka et al. 2017);
