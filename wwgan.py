@@ -1421,10 +1421,9 @@ def critic_objective(config: TrainConfig, critic, real, fake, eps=None):
     """The critic loss of Algorithm 1, line 7, averaged over the batch (line 9):
     mean D(fake) - mean D(real) + the gradient penalty. Returns (loss, detached terms).
 
-    Under DistributedDataParallel `critic` is the wrapped module: both forwards and the
-    penalty's double backward (create_graph=True) go through it, and DDP averages the
-    weight gradients of the final backward over ranks. `autograd.grad` w.r.t. the input
-    does not fire DDP's gradient hooks, so each weight is reduced exactly once."""
+    Under DDP `critic` is the wrapped module: both forwards and the penalty's double backward
+    (create_graph=True) go through it, and DDP averages the final backward's weight gradients over
+    ranks; `autograd.grad` w.r.t. the input fires no DDP hook, so each weight is reduced once."""
     scores = critic(torch.cat([real, fake]))
     critic_real, critic_fake = scores[: len(real)].mean(), scores[len(real) :].mean()
     penalty, norms, l2_norms = gradient_penalty(
@@ -1501,15 +1500,13 @@ def gpu_performance_flags(device: torch.device, tf32: bool = True, cudnn_benchma
 
 def step_models(config: TrainConfig, *modules: nn.Module) -> tuple:
     """The modules the hot loop calls: themselves, or with `config.compile` torch.compile'd
-    views sharing their parameters (checkpoints keep saving the plain modules; a module
-    passed twice gets one view). Pass only modules used first-order: the critic inside
-    critic_step stays eager, because its penalty is differentiated twice and torch.compile
-    (aot_autograd) does not support double backward."""
+    views sharing their parameters (checkpoints keep saving the plain modules; a module passed
+    twice gets one view). Pass only modules used first-order: the critic inside critic_step
+    stays eager: its penalty is differentiated twice, and torch.compile has no double backward."""
     if not config.compile:
         return modules
-    views = {id(module): module for module in modules}
-    views = {key: torch.compile(module) for key, module in views.items()}
-    return tuple(views[id(module)] for module in modules)
+    views = {module: torch.compile(module) for module in dict.fromkeys(modules)}
+    return tuple(views[module] for module in modules)
 
 
 # -- distributed data parallel (torchrun) --
@@ -1570,21 +1567,20 @@ class TrainState:
 
 
 def train(config: TrainConfig, progress: bool = True) -> TrainState:
-    """Algorithm 1 of the paper, top to bottom: n_critic critic updates (lines 3-9), then
-    one generator update (lines 11-12), repeated for config.iterations generator
-    iterations. Writes into config.out (see RunDir): config.json, metrics.jsonl, samples/,
-    snapshots/, checkpoints, and with config.tensorboard event files. Resumes from
-    OUT/checkpoint.pt when there is one: weights, optimizers, iteration and every RNG
-    state, so on CPU a resumed run ends bit-identical to an uninterrupted one. A signal
-    (STOP_SIGNALS) ends it after the current iteration with a checkpoint, raising
-    TrainingInterrupted.
+    """Algorithm 1, top to bottom: n_critic critic updates (lines 3-9), then one generator
+    update (lines 11-12), for config.iterations generator iterations. Writes into config.out
+    (see RunDir): config.json, metrics.jsonl, samples/, snapshots/, checkpoints, and with
+    config.tensorboard event files. Resumes from OUT/checkpoint.pt when there is one: weights,
+    optimizers, iteration and every RNG state, so on CPU a resumed run ends bit-identical to
+    an uninterrupted one. A signal (STOP_SIGNALS) ends it after the current iteration with a
+    checkpoint, raising TrainingInterrupted.
 
     Under `torchrun --nproc_per_node=N wwgan.py train ...` it runs DistributedDataParallel:
-    each rank draws its own batch_size / N real images, latents and eps (its own RNG
-    stream), DDP averages the gradients, so a step equals one step on the whole batch;
-    rank 0 alone writes files. On CUDA the generator's BatchNorm becomes SyncBatchNorm
-    (statistics over the whole batch, as in one process); on CPU (gloo, no SyncBatchNorm)
-    each rank normalizes with its own share's statistics."""
+    each rank draws its own batch_size / N real images, latents and eps (its own RNG stream)
+    and DDP averages the gradients, so a step equals one step on the whole batch; rank 0
+    alone writes files. On CUDA the generator's BatchNorm becomes SyncBatchNorm (statistics
+    over the whole batch, as in one process); on CPU (gloo, no SyncBatchNorm) each rank
+    normalizes with its own share's statistics."""
     ctx, device = init_distributed(select_device(config.device))
     if config.batch_size % ctx.world_size:
         raise WWGANError(
@@ -1623,9 +1619,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
 
             run.resume(state)  # claims OUT; continues from its checkpoint if there is one
 
-            # The modules the updates call. DDP averages the gradients of what is trained;
-            # torch.compile takes what is differentiated once, never the penalty's critic
-            # (a double backward). In one process without --compile all are the models.
+            # The modules the updates call: DDP averages the gradients of what is trained, and
+            # step_models compiles only what is differentiated once (not the penalty's critic).
+            generator_ddp, critic_ddp = generator, critic
             if ctx.world_size > 1:
                 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -1634,8 +1630,6 @@ def train(config: TrainConfig, progress: bool = True) -> TrainState:
                     seed_everything(int(stream.generate_state(1)[0]))
                 ids = [device.index] if device.type == "cuda" else None
                 generator_ddp, critic_ddp = (DDP(m, device_ids=ids) for m in (generator, critic))
-            else:
-                generator_ddp, critic_ddp = generator, critic
             generator_fast, critic_fast = step_models(config, generator_ddp, critic)
 
             if ctx.is_main:
