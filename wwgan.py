@@ -535,10 +535,9 @@ def holdout_indices(n: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluation_images(config: TrainConfig, allow_training_images: bool = False):
     """Images no critic trained on, for the experiments: (uint8 images, labels or None,
-    where they come from). The official test split when the data has one (CIFAR-10's
-    test_batch or a test/ folder beside train/; a separate draw of `shapes`), else the
-    `config.holdout` slice that training excluded. Training images only when asked for
-    (`allow_training_images`, with a warning); otherwise their absence is an error."""
+    where they come from). The official test split if any (CIFAR-10's test_batch or a test/
+    folder beside train/; a separate draw of `shapes`), else the `config.holdout` slice, else
+    the training images if `allow_training_images` (with a warning), else a WWGANError."""
     test = _official_test_split(config)
     if test is not None:
         return test
@@ -633,20 +632,20 @@ def list_image_files(root: str | Path) -> ImageFiles:
         os.path.join(root, name) for name in os.listdir(root) if not name.startswith(".")
     )
     subdirs = [p for p in entries if os.path.isdir(p)]
-    files, labels, classes, skipped = [], [], [], []
-    if subdirs:
-        skipped += [(p, "outside the class sub-folders") for p in entries if os.path.isfile(p)]
-        for folder in subdirs:
-            inside = _walk_files(folder)
-            images = [p for p in inside if _is_image_file(p)]
-            skipped += [(p, "not an image file") for p in inside if not _is_image_file(p)]
-            if images:
-                labels += [len(classes)] * len(images)
-                classes.append(os.path.basename(folder))
-                files += images
-    else:
+    if not subdirs:
         files = [p for p in entries if _is_image_file(p)]
         skipped = [(p, "not an image file") for p in entries if not _is_image_file(p)]
+        return ImageFiles(root, files, None, [], skipped)
+    files, labels, classes = [], [], []
+    skipped = [(p, "outside the class sub-folders") for p in entries if os.path.isfile(p)]
+    for folder in subdirs:
+        inside = _walk_files(folder)
+        images = [p for p in inside if _is_image_file(p)]
+        skipped += [(p, "not an image file") for p in inside if not _is_image_file(p)]
+        if images:
+            labels += [len(classes)] * len(images)
+            classes.append(os.path.basename(folder))
+            files += images
     return ImageFiles(root, files, labels if classes else None, classes, skipped)
 
 
@@ -697,9 +696,8 @@ def decode_images(
     exif_transpose: bool = False,
     desc: str = "decoding images",
 ):
-    """Decode many files in a thread pool (PIL releases the GIL while decoding and
-    resizing). Returns (uint8 (N, C, size, size), ok mask (N,)); unreadable files are
-    marked, not raised."""
+    """Decode many files in a thread pool (PIL releases the GIL while decoding): (uint8
+    (N, C, size, size), ok mask (N,)); unreadable files are marked in the mask, not raised."""
     n = len(paths)
     out = np.zeros((n, channels, size, size), dtype=np.uint8)
     ok = np.ones(n, dtype=bool)
@@ -936,9 +934,8 @@ def load_celeba(config: TrainConfig):
 def load_image_folder(config: TrainConfig):
     """Any folder of images, flat or one sub-folder per class (then labelled): a centered
     square crop of the shorter side, resized to image_size; EXIF orientation applied."""
-    return load_image_files(
-        config, list_image_files(config.data_root), "folder", exif_transpose=True
-    )
+    listing = list_image_files(config.data_root)
+    return load_image_files(config, listing, "folder", exif_transpose=True)
 
 
 def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
